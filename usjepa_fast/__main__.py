@@ -1,0 +1,3 @@
+from usjepa_fast.cli.main import main
+
+main()

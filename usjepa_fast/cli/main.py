@@ -1,0 +1,83 @@
+"""The ``usfast`` command: a typer app whose subcommands live in ``usjepa_fast/cli/<name>.py``.
+
+Each module exposes ``register(app)``; heavy imports (torch, timm, av) happen inside the command
+bodies so that ``usfast --help`` and ``usfast --version`` stay instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from usjepa_fast import __version__
+from usjepa_fast.errors import UsfastError
+
+# Order here is the order in `usfast --help`.
+COMMAND_MODULES = (
+    "doctor",
+    "synth",
+    "demo",
+    "masks",
+    "train",
+    "export",
+    "embed",
+    "probe",
+    "robustness",
+    "compare",
+)
+
+app = typer.Typer(
+    name="usfast",
+    help="Fast SALT / US-JEPA pretraining, embedding, export and evaluation for ultrasound.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"usfast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"usjepa_fast.cli.{_name}")
+    except ModuleNotFoundError as exc:  # only a missing command module itself is tolerated
+        if exc.name != f"usjepa_fast.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one line and exit 2, no traceback."""
+    try:
+        app()
+    except UsfastError as exc:
+        typer.echo(f"usfast: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("usfast: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
