@@ -8,6 +8,7 @@ from the command line (values parsed as YAML scalars, so ``1e-4``, ``true`` and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -59,7 +60,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -142,10 +143,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override '{item}': value is not valid YAML ({exc.__class__.__name__})") from None
         # YAML 1.1 reads 1e-4 as a string; accept scientific notation as a float.
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value) if any(c in value for c in "eE.") else value
-            except ValueError:
-                pass
         _set_dotted(data, key.strip(), value)
     return data
 

@@ -1,0 +1,1 @@
+"""Models: the SALT student/predictor/teachers (registry) and frozen encoders for inference."""
