@@ -18,3 +18,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic dataset shared by the whole session (data layer owns it; keep it stable).
+
+    Returns the ``out_dir`` Path holding ``ultrabench/`` (48 images, 128 px, classes normal / cyst /
+    solid_mass / hyperechoic_mass, UltraBench JSON splits + scan masks) and ``clips/`` (3 clips of 16
+    frames at 128 px: ``clip_000.mp4`` H.264 with a still-probe segment, ``clip_001.webm`` VP9,
+    ``clip_002.avi`` MJPEG, each with ``<stem>.scanmask.png`` and ``clips.json``).
+    """
+    from usjepa_fast.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, n_images=48, n_clips=3, image_size=128, seed=0, clip_frames=16)
+    return out

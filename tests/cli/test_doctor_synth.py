@@ -1,0 +1,65 @@
+"""`usfast doctor`, `usfast synth` and the data stages of `usfast demo`."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from usjepa_fast.cli.doctor import check_pyav, check_triton, collect_checks, format_checks
+from usjepa_fast.cli.main import app
+
+runner = CliRunner()
+
+
+def test_doctor_lists_every_backend() -> None:
+    result = runner.invoke(app, ["doctor", "--quick"])
+    assert result.exit_code == 0, result.output
+    for name in ("torch", "CUDA", "Triton", "DALI", "TensorRT", "ONNX Runtime", "PyAV decode"):
+        assert name in result.output
+    rows = {r.name: r for r in collect_checks(run_interpreter=False)}
+    assert rows["ONNX Runtime"].ok and "CPUExecutionProvider" in rows["ONNX Runtime"].detail
+    assert "h264" in rows["PyAV decode"].detail.split("(")[0] and "vp9" in rows["PyAV decode"].detail
+    assert format_checks(list(rows.values())).count("\n") == len(rows) - 1
+
+
+def test_pyav_codecs_reported() -> None:
+    decode = next(r for r in check_pyav() if r.name == "PyAV decode")
+    for codec in ("h264", "mpeg4", "vp9", "mjpeg", "gif"):
+        assert codec in decode.detail
+
+
+def test_triton_interpreter_probe_runs_a_kernel() -> None:
+    rows = {r.name: r for r in check_triton(run_interpreter=True)}
+    if rows["Triton"].detail.startswith("not importable"):
+        return  # nothing to probe on this machine
+    assert rows["Triton interpreter"].ok, rows["Triton interpreter"].detail
+
+
+def test_synth_command(tmp_path) -> None:
+    out = tmp_path / "s"
+    args = ["synth", "--out", str(out), "--n-images", "8", "--n-clips", "1", "--size", "64", "--clip-frames", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 8 images and 1 clips" in result.output
+    assert len(list((out / "ultrabench" / "images").glob("*.png"))) == 8
+    assert (out / "clips" / "clip_000.mp4").is_file()
+
+
+def test_synth_bad_size_is_a_one_line_error(tmp_path) -> None:
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--size", "63", "--n-images", "1"])
+    assert result.exit_code != 0 and "even" in str(result.exception)
+
+
+def test_demo_data_stages(tmp_path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n-images", "16", "--n-clips", "3", "--size", "96"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert list(summary) == ["synth", "ultrabench", "folders", "scan_regions", "corpus"]
+    assert summary["scan_regions"]["image_iou_mean"] >= 0.9
+    assert summary["ultrabench"]["train"]["n"] + summary["ultrabench"]["test"]["n"] <= 16
+    assert (out / "scan_regions.png").is_file()
+    bad = runner.invoke(app, ["demo", "--out", str(out), "--stage", "nope"])
+    assert bad.exit_code != 0 and "unknown demo stage" in str(bad.exception)

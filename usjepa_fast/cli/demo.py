@@ -1,0 +1,25 @@
+"""``usfast demo --out DIR``: the pipeline end to end on built-in synthetic data (a few minutes on 2 CPUs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("demo_run"), "--out", "-o", help="Folder for the data and every stage's output."),
+        n_images: int = typer.Option(240, "--n-images", help="Synthetic images."),
+        n_clips: int = typer.Option(8, "--n-clips", help="Synthetic clips."),
+        size: int = typer.Option(256, "--size", help="Synthetic image side in pixels."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        stage: list[str] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
+    ) -> None:
+        """Synthesise data, then read it back through the data layer (and the later stages) with a summary."""
+        from usjepa_fast.demo import run_demo
+
+        run_demo(
+            out, n_images=n_images, n_clips=n_clips, image_size=size, seed=seed, stages=stage or None, echo=typer.echo
+        )

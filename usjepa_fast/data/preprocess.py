@@ -1,0 +1,244 @@
+"""US-JEPA preprocessing: gray -> percentile rescale in the scan region -> resize/crop -> 3 channels -> normalise.
+
+Two entry points share one definition so training, evaluation and the embedding fast path see
+identical pixels:
+
+* :class:`Preprocessor` works per item on numpy input (datasets/DataLoader workers) and also returns
+  the resized scan mask and the patch-validity grid that USrc masking needs;
+* :func:`preprocess_batch` is torch-only and device-agnostic: a batch of decoded ``uint8`` frames
+  ``(B, H, W)`` on any device -> model input ``(B, 3, S, S)``; with frames already on the GPU nothing
+  goes back to the host.
+
+Percentiles are computed on the integer histogram (``inverted_cdf``: the smallest gray level whose
+cumulative fraction reaches q), which is exact for 8/16-bit data and identical in numpy and torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from usjepa_fast.data.scan_region import patch_validity
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _hist_percentiles(values: np.ndarray, qs: tuple[float, float]) -> tuple[float, float]:
+    """Inverted-CDF percentiles of a 1-D integer/float array (integers via an exact histogram)."""
+    if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2:
+        counts = np.bincount(values.astype(np.int64, copy=False))
+        cdf = np.cumsum(counts)
+        n = cdf[-1]
+        out = []
+        for q in qs:
+            # smallest level v with count(x <= v) >= q/100 * n (at least one sample)
+            target = max(q / 100.0 * n, 1.0)
+            out.append(float(np.searchsorted(cdf, target - 1e-9 * n, side="left")))
+        return out[0], out[1]
+    lo, hi = np.percentile(values.astype(np.float64), qs, method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def percentile_rescale(
+    gray: np.ndarray, mask: np.ndarray | None = None, lo: float = 2.0, hi: float = 98.0
+) -> np.ndarray:
+    """Rescale so the ``lo``-th..``hi``-th percentiles *inside the scan mask* map to 0..1.
+
+    ``gray (H, W)`` of any dtype; ``mask (H, W)`` bool or None (whole image). Returns float32 in
+    [0, 1] (values outside the percentile window are clipped). Taking the percentiles inside the
+    region makes gain differences between machines disappear while the black surround and bright
+    burned-in text cannot stretch the window. A flat region maps to 0.
+    """
+    if gray.ndim != 2:
+        raise ValueError(f"percentile_rescale expects a gray (H, W) image, got shape {gray.shape}")
+    values = gray[mask] if mask is not None and mask.any() else gray.reshape(-1)
+    p_lo, p_hi = _hist_percentiles(values, (lo, hi))
+    out = gray.astype(np.float32)
+    if p_hi <= p_lo:
+        return np.zeros_like(out)
+    out -= p_lo
+    out /= p_hi - p_lo
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def batch_percentiles(
+    frames: torch.Tensor, masks: torch.Tensor | None, lo: float = 2.0, hi: float = 98.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame inverted-CDF percentiles of ``uint8`` frames ``(B, H, W)`` inside ``masks``.
+
+    One ``bincount`` over ``frame_id * 256 + level`` gives every frame's histogram at once, so the
+    cost is a single pass over the pixels on any device. Returns ``(lo (B,), hi (B,))`` float32.
+    """
+    b = frames.shape[0]
+    levels = frames.reshape(b, -1).long()  # (B, HW)
+    offsets = torch.arange(b, device=frames.device).unsqueeze(1) * 256
+    keys = levels + offsets
+    if masks is not None:
+        m = masks.reshape(b, -1).bool()
+        # Frames whose mask is empty fall back to the whole frame (same as percentile_rescale).
+        empty = ~m.any(dim=1, keepdim=True)
+        m = m | empty
+        weights = m.to(torch.float32).reshape(-1)
+        hist = torch.bincount(keys.reshape(-1), weights=weights, minlength=b * 256)
+    else:
+        hist = torch.bincount(keys.reshape(-1), minlength=b * 256).to(torch.float32)
+    cdf = hist.reshape(b, 256).cumsum(dim=1)  # (B, 256)
+    n = cdf[:, -1:]
+    out = []
+    for q in (lo, hi):
+        target = torch.clamp(q / 100.0 * n, min=1.0) - 1e-9 * n
+        out.append(torch.searchsorted(cdf.contiguous(), target.contiguous(), right=False).squeeze(1).to(torch.float32))
+    return out[0], out[1]
+
+
+def _rescale_resize_normalise(
+    x: torch.Tensor,
+    p_lo: torch.Tensor,
+    p_hi: torch.Tensor,
+    image_size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """``x (B, 1, H, W)`` float gray levels -> ``(B, 3, S, S)`` normalised model input."""
+    flat = (p_hi <= p_lo).view(-1, 1, 1, 1)  # a flat region maps to 0, as in percentile_rescale
+    x = ((x - p_lo.view(-1, 1, 1, 1)) / (p_hi - p_lo).clamp(min=1e-12).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    x = x.masked_fill(flat, 0.0)
+    if x.shape[-2:] != (image_size, image_size):
+        # antialias: ultrasound frames are often 3-4x the model size; without it speckle aliases.
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp_(0.0, 1.0)
+    x = x.expand(-1, 3, -1, -1)  # (B, 3, S, S): gray replicated, as the RGB-pretrained models expect
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def preprocess_batch(
+    frames: torch.Tensor,
+    masks: torch.Tensor | None,
+    image_size: int,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    lo: float = 2.0,
+    hi: float = 98.0,
+) -> torch.Tensor:
+    """Decoded ``uint8`` frames ``(B, H, W)`` (+ scan masks ``(B, H, W)`` bool or None) -> ``(B, 3, S, S)``
+    float32 normalised; evaluation geometry (whole frame resized to ``S x S``), torch-only, on the
+    frames' device."""
+    if frames.dim() != 3:
+        raise ValueError(f"preprocess_batch expects (B, H, W) frames, got shape {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"preprocess_batch expects uint8 frames, got {frames.dtype}")
+    p_lo, p_hi = batch_percentiles(frames, masks, lo, hi)
+    dev = frames.device
+    x = frames.unsqueeze(1).to(torch.float32)  # (B, 1, H, W)
+    return _rescale_resize_normalise(
+        x,
+        p_lo,
+        p_hi,
+        image_size,
+        torch.tensor(mean, dtype=torch.float32, device=dev),
+        torch.tensor(std, dtype=torch.float32, device=dev),
+    )
+
+
+@dataclass
+class PreprocessConfig:
+    """How a gray frame becomes a model input."""
+
+    image_size: int = 224  # model input side S (the model declares it)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation the model declares
+    std: tuple[float, float, float] = IMAGENET_STD
+    train: bool = False  # random resized crop + flip (pretraining); False = whole frame resized
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # area fraction range of the training crop
+    hflip: bool = True  # random horizontal flip in training (probe geometry is left/right symmetric)
+    patch_size: int = 16  # ViT patch side: valid_patches is (S/patch, S/patch)
+    percentile_lo: float = 2.0  # intensity window: these percentiles inside the scan region -> [0, 1]
+    percentile_hi: float = 98.0
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of the training crop
+
+
+def _random_crop_box(
+    h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator | None
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, height, width), with a torch generator."""
+    area = h * w
+    log_r = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(3, generator=gen).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = float(np.exp(log_r[0] + (log_r[1] - log_r[0]) * u[1]))
+        cw = int(round(np.sqrt(target * aspect)))
+        ch = int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+            return top, left, ch, cw
+    # Fallback: central crop with the aspect clamped into range.
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+class Preprocessor:
+    """Per-item preprocessing. ``__call__(gray (H, W), scan_mask (H, W) bool | None, generator)`` ->
+    ``dict(image=(3, S, S) float32, scan_mask=(S, S) bool, valid_patches=(S/p, S/p) bool)``.
+
+    Without a scan mask the whole frame counts as the region. In training mode the crop/flip are drawn
+    from ``generator`` (or torch's global RNG) and applied identically to image and mask.
+    """
+
+    def __init__(self, cfg: PreprocessConfig | None = None) -> None:
+        self.cfg = cfg or PreprocessConfig()
+        if self.cfg.image_size % self.cfg.patch_size:
+            raise ValueError(f"image_size {self.cfg.image_size} must be a multiple of patch_size {self.cfg.patch_size}")
+        self._mean = torch.tensor(self.cfg.mean, dtype=torch.float32)
+        self._std = torch.tensor(self.cfg.std, dtype=torch.float32)
+
+    def __call__(
+        self, gray: np.ndarray, scan_mask: np.ndarray | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if gray.ndim == 3:  # tolerate (H, W, C) input from user code
+            from usjepa_fast.data.media import to_gray
+
+            gray = to_gray(gray)
+        h, w = gray.shape
+        mask = np.ones((h, w), dtype=bool) if scan_mask is None else scan_mask.astype(bool, copy=False)
+        if mask.shape != gray.shape:
+            raise ValueError(f"scan mask shape {mask.shape} != image shape {gray.shape}")
+        values = gray[mask] if mask.any() else gray.reshape(-1)
+        p_lo, p_hi = _hist_percentiles(values, (cfg.percentile_lo, cfg.percentile_hi))
+
+        x = torch.from_numpy(gray.astype(np.float32, copy=False))  # (H, W) raw levels
+        m = torch.from_numpy(np.ascontiguousarray(mask))
+        if cfg.train:
+            top, left, ch, cw = _random_crop_box(h, w, cfg.crop_scale, cfg.crop_ratio, generator)
+            x = x[top : top + ch, left : left + cw]
+            m = m[top : top + ch, left : left + cw]
+            if cfg.hflip and float(torch.rand(1, generator=generator)) < 0.5:
+                x = x.flip(-1)
+                m = m.flip(-1)
+        image = _rescale_resize_normalise(
+            x[None, None],
+            torch.tensor([p_lo]),
+            torch.tensor([p_hi]),
+            cfg.image_size,
+            self._mean,
+            self._std,
+        )[0]  # (3, S, S)
+        s = cfg.image_size
+        m_small = F.interpolate(m[None, None].float(), size=(s, s), mode="nearest")[0, 0] > 0.5  # (S, S)
+        valid = patch_validity(m.numpy(), image_size=s, patch_size=cfg.patch_size)  # (S/p, S/p)
+        if not bool(valid.any()):
+            # A training crop can miss the region entirely (tiny fan, aggressive crop scale); then no
+            # patch is anatomy-only and USrc would have nothing to sample, so fall back to all patches.
+            valid = torch.ones_like(valid)
+        return {"image": image.contiguous(), "scan_mask": m_small, "valid_patches": valid}

@@ -1,0 +1,279 @@
+"""Scan-region masks: where the anatomy is (fan/sector or rectangle) vs black surround, text, calipers, UI.
+
+* :func:`detect_scan_region` finds the region of one frame ``(H, W)`` or a clip ``(T, H, W)``.
+  Single frames: a blurred-intensity foreground, opened with a disc wider than text strokes and
+  caliper lines so those detach, then the large connected component(s) and their convex hull (fans
+  and rectangles are convex up to the shallow arc at a convex probe's skin line; the hull also fills
+  anechoic cysts and shadows that are dark but inside the region). Clips: pixels whose values change
+  over time are anatomy (burned-in text and UI are static), so the temporal standard deviation is
+  combined with the mean frame before the same steps.
+* :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking needs.
+* :class:`ScanMaskCache` stores masks as PNG next to the data (or in a cache dir) so detection runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from usjepa_fast.errors import DataError
+
+log = logging.getLogger("usfast")
+
+# Bump when the detector changes so cached masks are recomputed.
+DETECTOR_VERSION = 1
+_WORK_SIDE = 256  # detection runs at this resolution (long side); the hull is drawn at full size
+
+
+def patch_validity(mask: np.ndarray | torch.Tensor, image_size: int = 224, patch_size: int = 16) -> torch.BoolTensor:
+    """``(H, W)`` bool mask -> ``(S/p, S/p)`` bool grid: a patch is valid if it touches the region.
+
+    The mask is mapped onto the model's ``S x S`` grid (the same whole-frame resize as the image);
+    adaptive max-pooling takes, for every patch, the any() over exactly the source pixels it covers,
+    so thin regions are never lost to a nearest-neighbour resize.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    if m.dim() != 2:
+        raise ValueError(f"patch_validity expects a (H, W) mask, got shape {tuple(m.shape)}")
+    g = image_size // patch_size
+    pooled = F.adaptive_max_pool2d(m.to(torch.float32)[None, None], (g, g))  # (1, 1, g, g)
+    return (pooled[0, 0] > 0).bool()
+
+
+def _hull_mask(points_rc: np.ndarray, shape: tuple[int, int], scale: tuple[float, float]) -> np.ndarray:
+    """Fill the convex hull of ``points_rc`` (work-resolution row/col) at full resolution ``shape``."""
+    pts = points_rc.astype(np.float64) + 0.5  # pixel centres
+    pts = pts * np.array(scale)
+    img = Image.new("1", (shape[1], shape[0]), 0)
+    try:
+        hull = ConvexHull(pts)
+        poly = [(float(c), float(r)) for r, c in pts[hull.vertices]]
+    except (QhullError, ValueError):  # degenerate (a line): draw the bounding box
+        r0, c0 = pts.min(axis=0)
+        r1, c1 = pts.max(axis=0)
+        poly = [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]
+    ImageDraw.Draw(img).polygon(poly, fill=1, outline=1)
+    return np.asarray(img, dtype=bool)
+
+
+def _disc(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def _downsample(stack: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(T, H, W)`` -> float32 ``(T, h, w)`` with long side <= _WORK_SIDE (area average)."""
+    t, h, w = stack.shape
+    factor = max(1, int(np.ceil(max(h, w) / _WORK_SIDE)))
+    if factor == 1:
+        return stack.astype(np.float32), 1.0
+    hh, ww = h // factor, w // factor
+    x = stack[:, : hh * factor, : ww * factor].astype(np.float32)
+    x = x.reshape(t, hh, factor, ww, factor).mean(axis=(2, 4))
+    return x, float(factor)
+
+
+def _foreground(mean_img: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+    """Work-resolution boolean foreground before morphology.
+
+    Intensity: the median-filtered mean frame above the display's background level (estimated, since
+    some exports use dark grey rather than black) plus a margin. Clips add motion: deep, attenuated
+    anatomy can be almost as dark as the background but still changes from frame to frame, while
+    burned-in text and UI never change, so moving pixels are added and static bright ones removed.
+    """
+    side = min(mean_img.shape)
+    k = max(3, (side // 48) | 1)  # 5 at the 256-px working size: wider than 1-2 px strokes
+    # A median (not a mean) filter: it erases 1-2 px text strokes, caliper and ruler lines outright
+    # instead of smearing them into blobs, and keeps the region's edge where it is.
+    smooth = ndimage.median_filter(mean_img, size=k)
+    background = float(np.percentile(smooth, 2))
+    above = smooth[smooth > background + 4.0]
+    level = float(np.median(above)) if above.size else background
+    fg = smooth > background + max(4.0, 0.1 * (level - background))
+    # Dark but textured pixels (shadowed/attenuated tissue at the region's edge, common in tight crops)
+    # are anatomy too; the flat display background has no texture. Requiring a level slightly above
+    # the background keeps the high-contrast *edge* of the region from growing it outwards.
+    mean_sq = ndimage.uniform_filter(mean_img * mean_img, size=k)
+    local_mean = ndimage.uniform_filter(mean_img, size=k)
+    texture = ndimage.uniform_filter(np.sqrt(np.maximum(mean_sq - local_mean * local_mean, 0.0)), size=k)
+    tex_level = float(np.median(texture[fg])) if fg.any() else 0.0
+    # (local mean, not median: sparse bright speckle on a near-black deep field has a zero median)
+    textured = (texture > max(2.0, 0.25 * tex_level)) & (local_mean > background + 2.0)
+    # Text, rulers and calipers are textured too: drop the neighbourhood of thin bright strokes
+    # (white top-hat: what a 3x3 grey opening removes), so they cannot bridge into the region.
+    tophat = mean_img - ndimage.grey_opening(mean_img, size=(3, 3))
+    strokes = tophat > max(20.0, 0.3 * (float(mean_img.max()) - background))
+    textured &= ~ndimage.binary_dilation(strokes, structure=_disc(k))
+    # The texture window straddling the region's edge sees the edge itself as texture; eroding by
+    # half the window takes that outward growth back (dark textured areas worth adding are large).
+    fg |= ndimage.binary_erosion(textured, structure=_disc(max(1, k // 2)))
+    if motion is None:
+        return fg
+    mot = ndimage.median_filter(motion, size=k)
+    p95 = float(np.percentile(mot, 95))
+    moving = mot > max(1.0, 0.08 * p95)
+    # Use the temporal evidence only when the probe/anatomy actually moved; a still clip has none.
+    if moving.mean() > 0.05:
+        static = mot < max(0.5, 0.02 * p95)
+        # Block codecs (MJPEG, MPEG-2) flicker in the black pixels next to the region's edge; eroding
+        # the motion mask by about one 8x8 block keeps that rim out, while the interior it is needed
+        # for (dark, deep anatomy) is large.
+        moving = ndimage.binary_erosion(moving, structure=_disc(max(1, side // 64)))
+        fg = (fg & ~static) | moving
+    return fg
+
+
+def detect_scan_region(frames: np.ndarray, keep_ratio: float = 0.25) -> np.ndarray:
+    """Scan region of a frame ``(H, W)`` or clip ``(T, H, W)`` (uint8/uint16/float gray) -> bool ``(H, W)``.
+
+    ``keep_ratio``: besides the largest component, components at least this fraction of its area are
+    kept too (dual-view / side-by-side displays). A frame with no foreground (all black) returns an
+    all-False mask; callers treat that as "unknown" and typically fall back to the whole frame.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape[1:]) < 8:
+        raise DataError(f"detect_scan_region expects (H, W) or (T, H, W) with sides >= 8, got shape {arr.shape}")
+    h, w = arr.shape[1:]
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) and float(arr.max(initial=0)) <= 1.0:
+        arr = arr * 255.0
+    small, _ = _downsample(arr)  # (T, h, w)
+    mean_img = small.mean(axis=0)
+    motion = small.std(axis=0) if small.shape[0] >= 3 else None
+    fg = _foreground(mean_img, motion)
+
+    side = min(mean_img.shape)
+    # Opening radius ~ 2.5% of the side: wider than text strokes, caliper marks and 1-2 px UI lines
+    # at typical display sizes, much narrower than any fan or rectangle.
+    radius = max(2, int(round(side * 0.025)))
+    fg = ndimage.binary_opening(fg, structure=_disc(radius))
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return np.zeros((h, w), dtype=bool)
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    largest = float(areas.max())
+    # Small components are text/UI; a component must also be a few patches big to count.
+    keep = [i + 1 for i, a in enumerate(areas) if a >= keep_ratio * largest and a >= 0.02 * fg.size]
+    if not keep:
+        keep = [int(np.argmax(areas)) + 1]
+    out = np.zeros((h, w), dtype=bool)
+    scale = (h / mean_img.shape[0], w / mean_img.shape[1])
+    for lab in keep:
+        comp = labels == lab
+        # Only boundary pixels matter for the hull; they keep Qhull fast on large regions.
+        edge = comp & ~ndimage.binary_erosion(comp)
+        pts = np.argwhere(edge)
+        # Hull from pixel corners, not centres, so a full-frame rectangle maps to the full frame.
+        corners = np.concatenate([pts + d for d in ((-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5))])
+        out |= _hull_mask(corners, (h, w), scale)
+    return out
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{DETECTOR_VERSION}"
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def save_mask(mask: np.ndarray, path: str | Path) -> None:
+    """Write a bool mask as a 1-bit PNG (0/255 when viewed)."""
+    Image.fromarray(mask.astype(np.uint8) * 255).convert("L").save(path)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a mask PNG (any non-zero pixel is inside the region) as bool ``(H, W)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"scan mask {path} does not exist; fix the path in the dataset JSON or drop the scan_mask field"
+        )
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"scan mask {path} cannot be read ({exc.__class__.__name__}); re-export it") from None
+    return arr > 0
+
+
+class ScanMaskCache:
+    """Detected masks cached as PNGs keyed by (path, size, mtime, detector version).
+
+    ``cache_dir=None`` stores ``<media file>.scanmask.png`` next to the data; if that folder is
+    read-only the mask goes to ``~/.cache/usfast/scan_masks`` instead.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    def _candidates(self, path: Path) -> list[Path]:
+        key = _file_key(path)
+        name = f"{path.stem}-{key}.scanmask.png"
+        if self.cache_dir is not None:
+            return [self.cache_dir / name]
+        return [path.with_name(f".{name}"), Path.home() / ".cache" / "usfast" / "scan_masks" / name]
+
+    def get(self, path: str | Path, frames_fn: Callable[[], np.ndarray]) -> np.ndarray:
+        """Mask for media ``path``: cached if present, else ``detect_scan_region(frames_fn())`` and stored.
+
+        ``frames_fn`` returns ``(H, W)`` or ``(T, H, W)`` frames; it is only called on a cache miss.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path} does not exist; cannot compute its scan mask")
+        candidates = self._candidates(path)
+        for c in candidates:
+            if c.is_file():
+                try:
+                    mask = load_mask(c)
+                    self.hits += 1
+                    return mask
+                except DataError:
+                    log.warning("ignoring unreadable cached scan mask %s", c)
+        self.misses += 1
+        mask = detect_scan_region(frames_fn())
+        for c in candidates:
+            try:
+                c.parent.mkdir(parents=True, exist_ok=True)
+                save_mask(mask, c)
+                break
+            except OSError:
+                continue
+        return mask
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def mask_overlay(gray: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 picture for checking a mask: the region tinted green with its outline in
+    yellow; with ``reference`` (e.g. a true mask) its outline is drawn in magenta."""
+    from usjepa_fast.data.media import to_uint8
+
+    g = to_uint8(gray).astype(np.float32)
+    rgb = np.stack([g, g, g], axis=-1)
+    rgb[mask] = rgb[mask] * 0.75 + np.array([0.0, 60.0, 0.0])
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
+    rgb[outline] = (255, 255, 0)
+    if reference is not None:
+        ref_outline = reference & ~ndimage.binary_erosion(reference)
+        rgb[ref_outline] = (255, 0, 255)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
