@@ -61,8 +61,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     """Decide the path for one call from the switch and the tensors' device."""
     if _backend == "torch":
         return False
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        return False  # exported graphs must hold standard ops only
     if _backend == "triton":
         return True
     return triton_available() and all(t.is_cuda for t in tensors)
