@@ -1,0 +1,63 @@
+"""``usfast compare -e A -e B -d TASK1 -d TASK2``: the paper-format comparison table, plus curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compare")
+    def compare_cmd(
+        encoder: list[str] = typer.Option(
+            None, "--encoder", "-e", help="Encoder spec (repeatable): timm name, .safetensors, .onnx, zoo:NAME=PATH."
+        ),
+        dataset: list[Path] = typer.Option(None, "--dataset", "-d", help="UltraBench directory (repeatable)."),
+        name: list[str] = typer.Option(None, "--name", help="Row name per --encoder (repeatable)."),
+        preset: str = typer.Option("paper", "--preset", help="paper or sweep."),
+        seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated probe seeds."),
+        fewshot: str = typer.Option(None, "--fewshot", help="Label budgets in percent, e.g. 1,5,10,50,100."),
+        robustness: bool = typer.Option(False, "--robustness", help="Also corrupt test images (all corruptions)."),
+        corruptions: str = typer.Option("all", "--corruptions", help="With --robustness: subset, 'paper' or 'all'."),
+        reference: Path = typer.Option(
+            None, "--reference", help="Paper results CSV (model,TASK,...) appended to the markdown for context."
+        ),
+        out: Path = typer.Option(Path("compare_out"), "--out", "-o", help="Output directory."),
+        cache: Path = typer.Option(None, "--cache", help="Feature cache directory (default: OUT/features)."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
+        device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
+        list_zoo: bool = typer.Option(False, "--list-zoo", help="Print the baseline model zoo and exit."),
+    ) -> None:
+        """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs."""
+        from usjepa_fast.errors import UsfastError
+        from usjepa_fast.probe.zoo import zoo_table
+
+        if list_zoo:
+            typer.echo(zoo_table())
+            return
+        from usjepa_fast.cli.probe import _seeds
+        from usjepa_fast.probe.compare import EvalConfig, compare
+        from usjepa_fast.probe.corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+        from usjepa_fast.probe.fewshot import parse_fractions
+
+        if not encoder or not dataset:
+            raise UsfastError("pass at least one --encoder and one --dataset (or --list-zoo)")
+        if corruptions == "all":
+            names = tuple(CORRUPTIONS)
+        elif corruptions == "paper":
+            names = PAPER_CORRUPTIONS
+        else:
+            names = tuple(c.strip() for c in corruptions.split(",") if c.strip())
+        cfg = EvalConfig(
+            preset=preset,
+            seeds=_seeds(seeds),
+            fewshot=parse_fractions(fewshot) if fewshot else (),
+            robustness=robustness,
+            corruptions=names,
+            batch_size=batch_size,
+            device=device,
+        )
+        report = compare(encoder, dataset, out, cfg, names=name or None, cache_dir=cache, reference_csv=reference)
+        typer.echo(report.markdown)
+        typer.echo(f"wrote {out}/ ({', '.join(sorted(report.files))})")

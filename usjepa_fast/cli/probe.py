@@ -1,0 +1,82 @@
+"""``usfast probe DATASET --encoder SPEC``: linear probe (paper protocol or sweep), optional few-shot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    from usjepa_fast.errors import UsfastError
+
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsfastError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2,3,4") from None
+    if not seeds:
+        raise UsfastError("--seeds needs at least one seed")
+    return seeds
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe")
+    def probe(
+        dataset: Path = typer.Argument(..., help="UltraBench directory (train/validation/test JSON splits)."),
+        encoder: str = typer.Option(
+            None,
+            "--encoder",
+            "-e",
+            help="timm name, usfast .safetensors/run dir, checkpoint (+ --arch), .onnx/.engine, or zoo:NAME=PATH.",
+        ),
+        features: Path = typer.Option(
+            None, "--features", help="Precomputed `usfast embed` output over DATASET (instead of --encoder)."
+        ),
+        preset: str = typer.Option("paper", "--preset", help="paper (US-JEPA protocol) or sweep (batched lr x wd)."),
+        seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated seeds (mean ± std over them)."),
+        fewshot: str = typer.Option(None, "--fewshot", help="Label budgets in percent, e.g. 1,5,10,50,100."),
+        out: Path = typer.Option(Path("probe_out"), "--out", "-o", help="Output directory for tables/plots."),
+        cache: Path = typer.Option(None, "--cache", help="Feature cache (default: $USFAST_CACHE or ~/.cache/usfast)."),
+        name: str = typer.Option(None, "--name", help="Row name in the table (default: the encoder's name)."),
+        arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
+        pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
+        device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+        standardize: bool = typer.Option(True, "--standardize/--raw", help="z-score features with train stats."),
+    ) -> None:
+        """Train linear heads on frozen features and report macro F1 / accuracy / balanced accuracy."""
+        from usjepa_fast.errors import UsfastError
+        from usjepa_fast.probe.compare import EvalConfig, evaluate_task, write_report
+        from usjepa_fast.probe.features import FeatureCache, open_encoder, task_features_from_embed_dir
+        from usjepa_fast.probe.fewshot import parse_fractions
+
+        if (encoder is None) == (features is None):
+            raise UsfastError("pass exactly one of --encoder SPEC or --features EMBED_DIR")
+        if preset not in ("paper", "sweep"):
+            raise UsfastError(f"--preset {preset!r}: use paper or sweep")
+        cfg = EvalConfig(
+            preset=preset,
+            seeds=_seeds(seeds),
+            fewshot=parse_fractions(fewshot) if fewshot else (),
+            batch_size=batch_size,
+            device=device,
+            standardize=standardize,
+        )
+        if features is not None:
+            tf = task_features_from_embed_dir(features, dataset)
+            result = evaluate_task(None, dataset, cfg, features=tf)
+        else:
+            enc = open_encoder(encoder, arch=arch, pool=pool, device=device)
+            result = evaluate_task(enc, dataset, cfg, FeatureCache(cache))
+        if name:
+            result.encoder = name
+        report = write_report([result], out, cfg, [dataset])
+        typer.echo(report.markdown)
+        per_class = result.test.to_dict()["per_class_f1_mean"]
+        typer.echo(
+            "per-class F1 (%): "
+            + ", ".join(f"{c} {v * 100:.1f}" for c, v in zip(result.classes, per_class, strict=True))
+        )
+        acc, bacc = result.test.summary("accuracy"), result.test.summary("balanced_accuracy")
+        typer.echo(f"accuracy {acc.fmt()} | balanced accuracy {bacc.fmt()} | probe {result.seconds['probe']:.2f}s")
+        typer.echo(f"wrote {out}/ (report.md, linear_probe.md/.csv, results.json)")

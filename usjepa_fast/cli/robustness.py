@@ -1,0 +1,65 @@
+"""``usfast robustness DATASET --encoder SPEC``: macro F1 under test-time corruptions, severities 1-3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("robustness")
+    def robustness(
+        dataset: Path = typer.Argument(..., help="UltraBench directory (train/validation/test JSON splits)."),
+        encoder: list[str] = typer.Option(
+            ..., "--encoder", "-e", help="Encoder spec (repeatable): timm name, .safetensors, .onnx, zoo:NAME=PATH."
+        ),
+        name: list[str] = typer.Option(None, "--name", help="Row name per --encoder (repeatable)."),
+        corruptions: str = typer.Option(
+            "all", "--corruptions", help="Comma-separated subset, 'paper' (blur, contrast, speckle) or 'all'."
+        ),
+        severities: str = typer.Option("1,2,3", "--severities", help="Comma-separated severities (1-3)."),
+        preset: str = typer.Option("paper", "--preset", help="paper or sweep (probe trained on clean features)."),
+        seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated probe seeds."),
+        corruption_seed: int = typer.Option(0, "--corruption-seed", help="Noise draw of the random corruptions."),
+        out: Path = typer.Option(Path("robustness_out"), "--out", "-o", help="Output directory."),
+        cache: Path = typer.Option(None, "--cache", help="Feature cache directory (default: OUT/features)."),
+        arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
+        pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
+        device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
+    ) -> None:
+        """Train probes on clean features, score them on corrupted test images; tables, curves, examples."""
+        from usjepa_fast.cli.probe import _seeds
+        from usjepa_fast.errors import UsfastError
+        from usjepa_fast.probe.compare import EvalConfig, compare
+        from usjepa_fast.probe.corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+
+        if corruptions == "all":
+            names = tuple(CORRUPTIONS)
+        elif corruptions == "paper":
+            names = PAPER_CORRUPTIONS
+        else:
+            names = tuple(c.strip() for c in corruptions.split(",") if c.strip())
+            unknown = [c for c in names if c not in CORRUPTIONS]
+            if unknown:
+                raise UsfastError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
+        try:
+            sev = tuple(int(s) for s in severities.split(","))
+        except ValueError:
+            raise UsfastError(f"--severities {severities!r} must be comma-separated integers in 1-3") from None
+        if not sev or any(s not in (1, 2, 3) for s in sev):
+            raise UsfastError(f"--severities {severities!r} must be in 1-3")
+        cfg = EvalConfig(
+            preset=preset,
+            seeds=_seeds(seeds),
+            robustness=True,
+            corruptions=names,
+            severities=sev,
+            corruption_seed=corruption_seed,
+            batch_size=batch_size,
+            device=device,
+        )
+        report = compare(encoder, [dataset], out, cfg, names=name or None, cache_dir=cache, arch=arch, pool=pool)
+        typer.echo(report.markdown)
+        typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")

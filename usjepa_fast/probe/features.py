@@ -1,0 +1,506 @@
+"""Features for probing: computed once per (encoder, dataset split[, corruption]) and cached on disk.
+
+Cache layout (``cache_dir`` defaults to ``$USFAST_CACHE/features`` or ``~/.cache/usfast/features``)::
+
+    <cache_dir>/<encoder key>/<dataset key>-<split>[-<corruption>-s<severity>-r<seed>].npz
+        X (N, D) float32, y (N,) int64, paths (N,) str, meta (json string)
+
+The *encoder key* hashes the weights' ``source_hash`` and everything that changes the pixels the
+encoder sees or how it pools (input size, mean/std, pool, width); the *dataset key* hashes the
+resolved dataset root, the split and every item's (path, label, size, mtime). Anything else --
+probe preset, seeds, few-shot budget -- reuses the same cached features, so an encoder runs over a
+split exactly once (tested by counting forward calls). Files are written atomically (temp + rename).
+
+Encoders: a spec string/path (timm name, usfast ``.safetensors``, checkpoint + ``arch``) loads
+through ``models.frozen.load_frozen_encoder`` and runs in torch; ``.onnx`` / ``.engine`` / ``.plan``
+files go through ``embed.backends.open_backend``. An already-built object with ``info`` and
+``__call__((B, 3, S, S)) -> (B, D)`` is used as is (tests, notebooks); ``zoo:NAME=PATH`` loads a
+paper baseline through :mod:`usjepa_fast.probe.zoo`; ``random:SPEC`` is a random initialisation of
+SPEC's architecture (same input size / normalisation / pooling), the "what did pretraining buy" row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from usjepa_fast.errors import DataError, UsfastError
+
+log = logging.getLogger("usfast")
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+BACKEND_SUFFIXES = (".onnx", ".engine", ".plan")
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("USFAST_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "usfast") / "features"
+
+
+# ----------------------------------------------------------------------------------------------
+# encoders
+
+
+@dataclass
+class Encoder:
+    """A frozen encoder ready to embed: ``fn((B, 3, S, S) float32 on device) -> (B, D)``."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    info: Any  # EncoderInfo-like: name, input_size, mean, std, pool, width, source_hash
+    device: torch.device
+    name: str
+
+    @property
+    def key(self) -> str:
+        return encoder_key(self.info)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(x.to(self.device, non_blocking=True)).float()
+
+
+def encoder_key(info: Any) -> str:
+    """Stable hash of what determines an encoder's features (weights, pixels in, pooling)."""
+    fields = {
+        "source_hash": str(getattr(info, "source_hash", "")),
+        "timm_name": str(getattr(info, "timm_name", "")),
+        "timm_kwargs": getattr(info, "timm_kwargs", {}) or {},
+        "input_size": int(info.input_size),
+        "mean": [round(float(v), 6) for v in info.mean],
+        "std": [round(float(v), 6) for v in info.std],
+        "pool": str(getattr(info, "pool", "")),
+        "width": int(getattr(info, "width", 0) or 0),
+    }
+    if not fields["source_hash"]:
+        raise UsfastError(f"encoder {getattr(info, 'name', '?')} declares no source_hash; features cannot be cached")
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def open_encoder(
+    spec: Any,
+    arch: str | None = None,
+    pool: str | None = None,
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> Encoder:
+    """Resolve ``spec`` (see module doc) into an :class:`Encoder` on ``device`` (CUDA if present)."""
+    if isinstance(spec, Encoder):
+        return spec
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(spec, (str, Path)):
+        info = getattr(spec, "info", None)
+        if info is None or not callable(spec):
+            raise UsfastError("an encoder object must be callable on (B, 3, S, S) and carry an .info")
+        if isinstance(spec, torch.nn.Module):
+            spec = spec.to(dev).eval()
+        return Encoder(fn=spec, info=info, device=dev, name=str(getattr(info, "name", type(spec).__name__)))
+    from usjepa_fast.probe.zoo import load_zoo_encoder, parse_zoo_spec
+
+    if str(spec).startswith("random:"):  # random-init baseline of the same architecture as a checkpoint
+        model = random_init_like(str(spec)[len("random:") :], seed=seed, arch=arch, pool=pool).to(dev).eval()
+        return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
+    zoo = parse_zoo_spec(str(spec))
+    if zoo is not None:
+        model = load_zoo_encoder(*zoo).to(dev).eval()
+        return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
+    path = Path(spec)
+    if path.suffix in BACKEND_SUFFIXES or backend not in ("auto", "torch"):
+        try:
+            from usjepa_fast.embed.backends import open_backend
+        except ImportError:
+            raise UsfastError(
+                f"{spec}: ONNX / TensorRT encoders need usjepa_fast.embed.backends, which is not installed here"
+            ) from None
+        be = open_backend(str(spec), backend=backend, device=dev, arch=arch, pool=pool, seed=seed)
+        return Encoder(fn=be, info=be.info, device=dev, name=str(getattr(be.info, "name", path.stem)))
+    from usjepa_fast.models.frozen import load_frozen_encoder
+
+    model = load_frozen_encoder(spec, arch=arch, pool=pool, seed=seed).to(dev).eval()
+    return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
+
+
+def random_init_like(spec: str | Path, seed: int = 0, arch: str | None = None, pool: str | None = None) -> Any:
+    """A randomly initialised ``FrozenEncoder`` with the same architecture / input size / normalisation
+    / pooling as ``spec`` (the baseline that shows what pretraining bought). Weights come from
+    ``torch.manual_seed(seed)`` and timm's own init; nothing is loaded from ``spec`` but its sidecar."""
+    import dataclasses
+
+    from usjepa_fast.models.frozen import FrozenEncoder, build_timm_model, load_frozen_encoder
+
+    info = load_frozen_encoder(spec, arch=arch, pool=pool).info
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_timm_model(info.timm_name, info.timm_kwargs)
+    kwargs = json.dumps(info.timm_kwargs, sort_keys=True, default=str)
+    new = dataclasses.replace(
+        info,
+        name=f"random-init {info.name}",
+        source=f"random-init:{info.source}",
+        source_hash=f"random-init:{info.timm_name}:{hashlib.sha256(kwargs.encode()).hexdigest()[:12]}:{seed}",
+    )
+    return FrozenEncoder(model, new)
+
+
+# ----------------------------------------------------------------------------------------------
+# datasets
+
+
+def open_split(dataset_root: str | Path, split: str, info: Any) -> Any:
+    """UltraBench split preprocessed for this encoder (input size, mean/std it declares)."""
+    from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
+    from usjepa_fast.data.ultrabench import UltraBenchDataset
+
+    size = int(info.input_size)
+    patch = int(getattr(info, "patch_size", 16) or 16)
+    cfg = PreprocessConfig(
+        image_size=size,
+        mean=tuple(float(v) for v in info.mean),
+        std=tuple(float(v) for v in info.std),
+        train=False,
+        patch_size=patch if size % patch == 0 else 1,
+    )
+    return UltraBenchDataset(dataset_root, split=split, transform=Preprocessor(cfg))
+
+
+def dataset_key(dataset: Any, split: str) -> str:
+    """Hash of the split's identity: root, split, and every item's path/label/size/mtime."""
+    h = hashlib.sha256()
+    root = getattr(dataset, "root", None)
+    h.update(f"{Path(root).resolve() if root is not None else ''}|{split}|".encode())
+    for p, label in zip(dataset.paths, np.asarray(dataset.labels).tolist(), strict=True):
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{p}|{label}|{stamp}\n".encode())
+    return h.hexdigest()[:20]
+
+
+# ----------------------------------------------------------------------------------------------
+# extraction
+
+
+@dataclass
+class Corruption:
+    """A test-time corruption applied to the un-normalised [0, 1] image inside the scan mask."""
+
+    name: str
+    severity: int
+    seed: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}-s{self.severity}-r{self.seed}"
+
+
+@dataclass
+class SplitFeatures:
+    x: np.ndarray  # (N, D) float32
+    y: np.ndarray  # (N,) int64
+    paths: list[str] = field(default_factory=list)
+    skipped: int = 0
+    from_cache: bool = False
+
+
+def extract_features(
+    encoder: Encoder,
+    dataset: Any,
+    batch_size: int = 32,
+    corruption: Corruption | None = None,
+) -> SplitFeatures:
+    """Run ``encoder`` over ``dataset`` (items: image (3,S,S) normalised, scan_mask (S,S), label).
+
+    Unreadable items are logged, counted and skipped (the run never dies midway). With
+    ``corruption`` the batch is un-normalised, corrupted inside its scan mask and re-normalised.
+    """
+    from usjepa_fast.probe.corruptions import corrupt
+
+    mean = torch.tensor([float(v) for v in encoder.info.mean]).view(1, -1, 1, 1)
+    std = torch.tensor([float(v) for v in encoder.info.std]).view(1, -1, 1, 1)
+    feats: list[np.ndarray] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    n = len(dataset)
+    skipped_box = [0]
+
+    def batches() -> Iterator[tuple[list[int], list[dict]]]:
+        """(dataset indices, items) per batch; unreadable items are logged, counted and skipped."""
+        index: list[int] = []
+        items: list[dict] = []
+        for i in range(n):
+            try:
+                item = dataset[i]
+            except (DataError, OSError, ValueError) as exc:
+                skipped_box[0] += 1
+                log.warning("probe: skipping item %d of %s (%s)", i, getattr(dataset, "root", "dataset"), exc)
+                continue
+            index.append(i)
+            items.append(item)
+            if len(items) == batch_size:
+                yield index, items
+                index, items = [], []
+        if items:
+            yield index, items
+
+    def embed(index: list[int], batch: list[dict]) -> None:
+        x = torch.stack([it["image"] for it in batch])  # (B, 3, S, S) normalised
+        if corruption is not None:
+            m = torch.stack([torch.as_tensor(it["scan_mask"]) for it in batch]).bool()  # (B, S, S)
+            x01 = (x * std + mean).clamp(0.0, 1.0)
+            # One noise stream per dataset item: the corrupted pixels do not depend on the batching.
+            seeds = [corruption.seed * 1_000_003 + i for i in index]
+            x01 = corrupt(x01, corruption.name, corruption.severity, m, seed=seeds)
+            x = (x01 - mean) / std
+        out = encoder(x)  # (B, D)
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise UsfastError(f"encoder {encoder.name} returned shape {tuple(out.shape)}; expected (B, D) pooled")
+        feats.append(out.detach().cpu().numpy().astype(np.float32, copy=False))
+        labels.extend(int(it["label"]) for it in batch)
+        paths.extend(str(it.get("path", "")) for it in batch)
+
+    # One loader thread decodes/preprocesses batch k+1 while the encoder runs on batch k (image
+    # decoding releases the GIL); only one request is ever outstanding, so the generator is never
+    # advanced concurrently.
+    gen = batches()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usfast-probe-load") as pool:
+        pending = pool.submit(next, gen, None)
+        while (ready := pending.result()) is not None:
+            pending = pool.submit(next, gen, None)
+            embed(*ready)
+    skipped = skipped_box[0]
+    if skipped:
+        log.warning("probe: %d of %d items could not be read and were skipped", skipped, n)
+    width = int(getattr(encoder.info, "width", 0) or 0)
+    x = np.concatenate(feats) if feats else np.zeros((0, width), dtype=np.float32)
+    return SplitFeatures(x=x, y=np.asarray(labels, dtype=np.int64), paths=paths, skipped=skipped)
+
+
+class MemorySplit:
+    """A split whose preprocessed items are loaded once and kept in memory (robustness re-embeds the
+    test split once per corruption and severity; decoding it every time would dominate)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.root = getattr(dataset, "root", None)
+        self.paths = list(dataset.paths)
+        self.labels = np.asarray(dataset.labels)
+        self._source = dataset
+        self._items: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self._items:  # errors propagate each time, so skips are counted per pass
+            self._items[i] = self._source[i]
+        return self._items[i]
+
+
+class FeatureCache:
+    """On-disk ``.npz`` cache of split features keyed by encoder key + dataset key (+ corruption)."""
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    def path(self, enc_key: str, ds_key: str, split: str, corruption: Corruption | None) -> Path:
+        tag = f"-{corruption.tag}" if corruption is not None else ""
+        return self.dir / enc_key / f"{ds_key}-{split}{tag}.npz"
+
+    def load(self, path: Path) -> SplitFeatures | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return SplitFeatures(
+                    x=z["X"].astype(np.float32, copy=False),
+                    y=z["y"].astype(np.int64, copy=False),
+                    paths=[str(p) for p in z["paths"]],
+                    skipped=int(meta.get("skipped", 0)),
+                    from_cache=True,
+                )
+        except (OSError, ValueError, KeyError) as exc:  # a torn/corrupt file: recompute, don't crash
+            log.warning("probe: feature cache %s unreadable (%s); recomputing", path, exc)
+            return None
+
+    def save(self, path: Path, feats: SplitFeatures, meta: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            X=feats.x,
+            y=feats.y,
+            paths=np.asarray(feats.paths, dtype=str),
+            meta=np.asarray(json.dumps({**meta, "skipped": feats.skipped})),
+        )
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+
+
+def split_features(
+    encoder: Encoder,
+    dataset_root: str | Path,
+    split: str,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    corruption: Corruption | None = None,
+    dataset: Any | None = None,
+) -> SplitFeatures:
+    """Features of one split, from the cache or computed (and then cached). ``dataset``: an already
+    opened split (e.g. :class:`MemorySplit`) instead of opening ``dataset_root`` again."""
+    cache = cache or FeatureCache()
+    dataset = dataset if dataset is not None else open_split(dataset_root, split, encoder.info)
+    path = cache.path(encoder.key, dataset_key(dataset, split), split, corruption)
+    hit = cache.load(path)
+    if hit is not None:
+        return hit
+    t0 = time.perf_counter()
+    feats = extract_features(encoder, dataset, batch_size=batch_size, corruption=corruption)
+    log.info(
+        "probe: embedded %s/%s with %s (%d items, %.1fs)%s",
+        dataset_root,
+        split,
+        encoder.name,
+        feats.x.shape[0],
+        time.perf_counter() - t0,
+        f" [{corruption.tag}]" if corruption else "",
+    )
+    cache.save(
+        path,
+        feats,
+        {
+            "encoder": encoder.name,
+            "encoder_key": encoder.key,
+            "dataset": str(dataset_root),
+            "split": split,
+            "corruption": corruption.tag if corruption else None,
+        },
+    )
+    return feats
+
+
+def dataset_features(
+    spec: Any,
+    dataset_root: str | Path,
+    split: str,
+    cache_dir: str | Path | None = None,
+    arch: str | None = None,
+    pool: str | None = None,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Contract entry point: ``(X (N, D) float32, y (N,) int64)`` for one split, cached."""
+    encoder = open_encoder(spec, arch=arch, pool=pool, device=device)
+    feats = split_features(encoder, dataset_root, split, FeatureCache(cache_dir), batch_size)
+    return feats.x, feats.y
+
+
+# ----------------------------------------------------------------------------------------------
+# a task = the three splits of one dataset for one encoder
+
+
+@dataclass
+class TaskFeatures:
+    """Train / validation / test features of one dataset under one encoder."""
+
+    task: str
+    encoder: str
+    classes: list[str]
+    splits: dict[str, SplitFeatures]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def xy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self.splits:
+            raise UsfastError(f"task {self.task} has no '{split}' split features")
+        s = self.splits[split]
+        return s.x, s.y
+
+
+def task_name(dataset_root: str | Path) -> str:
+    """Display name of a dataset: its folder name, or the parent's when the folder is ``ultrabench``."""
+    p = Path(dataset_root).resolve()
+    return p.parent.name if p.name.lower() == "ultrabench" and p.parent.name else p.name
+
+
+def dataset_classes(dataset_root: str | Path, split: str = "train") -> list[str]:
+    from usjepa_fast.data.ultrabench import UltraBenchDataset
+
+    return list(UltraBenchDataset(dataset_root, split=split, transform=None).classes)
+
+
+def task_features(
+    encoder: Encoder,
+    dataset_root: str | Path,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    splits: Sequence[str] = SPLITS,
+) -> TaskFeatures:
+    """All splits of ``dataset_root`` under ``encoder`` (each from the cache when possible)."""
+    cache = cache or FeatureCache()
+    feats = {s: split_features(encoder, dataset_root, s, cache, batch_size) for s in splits}
+    return TaskFeatures(
+        task=task_name(dataset_root),
+        encoder=encoder.name,
+        classes=dataset_classes(dataset_root, splits[0]),
+        splits=feats,
+    )
+
+
+def task_features_from_embed_dir(
+    embed_dir: str | Path, dataset_root: str | Path, splits: Sequence[str] = SPLITS
+) -> TaskFeatures:
+    """Labelled splits from a ``usfast embed`` output directory run over the dataset's images.
+
+    Rows are matched to dataset items by image path (relative to the dataset root, as ``usfast embed
+    DATASET`` writes them, or absolute); a dataset item missing from the embed output is an error
+    that names it (re-run embed over the dataset).
+    """
+    from usjepa_fast.data.ultrabench import UltraBenchDataset
+    from usjepa_fast.embed.store import load as embed_load
+
+    x_all, rows = embed_load(embed_dir)
+    by_path: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        for key in (r.path, str(Path(r.path).resolve())):
+            by_path.setdefault(key, i)
+    out: dict[str, SplitFeatures] = {}
+    classes: list[str] = []
+    for split in splits:
+        ds = UltraBenchDataset(dataset_root, split=split, transform=None)
+        classes = classes or list(ds.classes)
+        idx = []
+        root = Path(dataset_root).resolve()
+        for p in ds.paths:
+            keys = (str(p), str(Path(p).resolve()))
+            if Path(p).resolve().is_relative_to(root):  # embed writes paths relative to its input folder
+                keys += (Path(p).resolve().relative_to(root).as_posix(),)
+            hit = next((by_path[k] for k in keys if k in by_path), None)
+            if hit is None:
+                raise UsfastError(
+                    f"{p} ({split}) has no features in {embed_dir}; run `usfast embed` over {dataset_root}"
+                )
+            idx.append(hit)
+        out[split] = SplitFeatures(
+            x=np.ascontiguousarray(x_all[idx], dtype=np.float32),
+            y=np.asarray(ds.labels, dtype=np.int64),
+            paths=[str(p) for p in ds.paths],
+            from_cache=True,
+        )
+    return TaskFeatures(task=task_name(dataset_root), encoder=Path(embed_dir).name, classes=classes, splits=out)
