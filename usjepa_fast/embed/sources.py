@@ -1,0 +1,110 @@
+"""What to embed: media files of a folder or the images of an UltraBench dataset, and their frames.
+
+A :class:`Source` is one input file with the path recorded in the index (relative to the input
+root, POSIX separators, so an output directory stays valid when the data moves) and, for
+UltraBench records, the dataset's own scan mask (always preferred over detection).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from usjepa_fast.errors import DataError
+
+log = logging.getLogger("usfast")
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path  # absolute/real path to read
+    rel: str  # key in the index (relative to the input root)
+    kind: str  # "image" | "video"
+    mask_path: Path | None = None  # dataset-provided scan mask (UltraBench)
+    label: int | None = None  # UltraBench class index (None for folders)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def list_sources(
+    root: str | Path, kinds: tuple[str, ...] = ("image", "video"), splits: tuple[str, ...] | None = None
+) -> list[Source]:
+    """Sources under ``root``: an UltraBench directory (images of ``splits``, default all present
+    splits, with their masks) or any folder/file of media (recursive, sorted)."""
+    from usjepa_fast.data.media import list_media, media_kind
+    from usjepa_fast.data.ultrabench import is_ultrabench_dir
+
+    root = Path(root)
+    if is_ultrabench_dir(root):
+        return ultrabench_sources(root, splits)
+    files = list_media(root, kinds)
+    base = root if root.is_dir() else root.parent
+    return [Source(p, _rel(p, base), media_kind(p) or "image", sibling_mask(p)) for p in files]
+
+
+def sibling_mask(path: Path) -> Path | None:
+    """A user-provided scan mask ``<stem>.scanmask.png`` beside a media file (preferred over detection)."""
+    candidate = path.with_name(path.stem + ".scanmask.png")
+    return candidate if candidate.is_file() else None
+
+
+def ultrabench_sources(root: Path, splits: tuple[str, ...] | None = None) -> list[Source]:
+    from usjepa_fast.data.ultrabench import SPLITS, UltraBenchDataset
+
+    wanted = splits or tuple(
+        s
+        for s in SPLITS
+        if (root / f"{s}.json").is_file() or (s in ("train", "validation") and (root / "train_val.json").is_file())
+    )
+    seen: dict[str, Source] = {}
+    for split in wanted:
+        ds = UltraBenchDataset(root, split)
+        for p, m, y in zip(ds.paths, ds.mask_paths, ds.labels, strict=True):
+            rel = _rel(p, root)
+            seen.setdefault(rel, Source(p, rel, "image", m, int(y)))
+    return [seen[k] for k in sorted(seen)]
+
+
+def read_image(src: Source) -> np.ndarray:
+    """Gray image ``(H, W)`` (uint8/uint16)."""
+    from usjepa_fast.data.media import read_image_gray
+
+    return read_image_gray(src.path)
+
+
+def source_mask(src: Source, frame: np.ndarray) -> np.ndarray | None:
+    """The scan region of a source: its own mask file if it has one, else detected on ``frame``."""
+    from usjepa_fast.data.scan_region import load_mask
+
+    if src.mask_path is not None:
+        mask = load_mask(src.mask_path)
+        if mask.shape == frame.shape:
+            return mask
+        log.warning(
+            "scan mask %s is %s but %s frames are %s; detecting the region instead",
+            src.mask_path,
+            mask.shape,
+            src.path,
+            frame.shape,
+        )
+    return detect_region(frame)
+
+
+def detect_region(frames: np.ndarray) -> np.ndarray | None:
+    """Scan region of ``(H, W)`` or ``(T, H, W)`` frames, or None when detection finds nothing."""
+    from usjepa_fast.data.scan_region import detect_scan_region
+
+    try:
+        mask = detect_scan_region(frames)
+    except DataError as exc:
+        log.debug("scan region detection skipped: %s", exc)
+        return None
+    return mask if mask.any() else None

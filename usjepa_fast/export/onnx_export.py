@@ -1,0 +1,392 @@
+"""Export a frozen encoder to ONNX, verified against PyTorch in ONNX Runtime before it is written.
+
+Graph: input ``pixels (batch, 3, S, S)`` float32, output ``pooled (batch, D)`` float32 and,
+optionally, ``tokens (batch, N, D)``; the batch axis is dynamic. The pooling is the encoder's own
+(:mod:`usjepa_fast.models.frozen` defaults to the mean of the final-normed patch tokens because JEPA
+students have no class token and an MAE teacher's class token gets no training signal).
+
+``precision="fp16"`` stores fp16 weights and computes in fp16 but keeps float32 graph inputs and
+outputs (explicit Cast nodes at both ends): consumers feed the same tensors either way, and
+TensorRT 10/11 strongly-typed builds take their precision from these explicit types.
+
+Exporter: ``"dynamo"`` (``torch.export`` based, the default of torch >= 2.9) or ``"torchscript"``
+(the legacy tracer: several times faster to run, deprecated upstream). Either way the written graph
+is checked in ONNX Runtime against the PyTorch fp32 encoder on a batch whose size differs from the
+traced one (which also proves the batch axis is really dynamic); beyond the tolerance nothing is
+written and :class:`ExportParityError` says by how much it missed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from usjepa_fast.errors import UsfastError
+
+log = logging.getLogger("usfast")
+
+Precision = Literal["fp32", "fp16"]
+Exporter = Literal["dynamo", "torchscript"]
+EXPORT_FORMAT = "usfast-export/1"
+
+# Parity tolerances, stated: max |ort - torch| relative to max |torch| over the check batch, and the
+# lowest per-sample cosine similarity. fp32 graphs differ from PyTorch only by kernel summation
+# order (~1e-6); fp16 graphs carry fp16 rounding through every layer of the network (~1e-3).
+DEFAULT_TOLERANCE: dict[str, tuple[float, float]] = {"fp32": (1e-4, 0.99999), "fp16": (3e-2, 0.999)}
+
+
+class ExportParityError(UsfastError):
+    """The exported graph does not reproduce the PyTorch encoder within the tolerance."""
+
+
+@dataclass
+class ParityReport:
+    max_abs_err: float
+    rel_err: float  # max_abs_err / max |reference|
+    cosine_min: float
+    batch: int
+
+    def ok(self, rel_tol: float, cos_tol: float) -> bool:
+        return bool(np.isfinite(self.rel_err) and self.rel_err <= rel_tol and self.cosine_min >= cos_tol)
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    sidecar_path: Path
+    info: Any  # EncoderInfo
+    parity: ParityReport
+    precision: str
+    exporter: str
+    seconds: float
+
+
+def sidecar_path_for(model_path: str | Path) -> Path:
+    """``model.onnx`` / ``model.engine`` -> ``model.json`` (what embed reads beside a model file)."""
+    return Path(model_path).with_suffix(".json")
+
+
+def write_export_sidecar(info: Any, path: Path, export: dict[str, Any]) -> None:
+    """The encoder description (``EncoderInfo`` fields) plus an ``export`` block describing the file."""
+    data = info.to_json()
+    data["export"] = export
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_export_sidecar(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """``(EncoderInfo, export block)`` from a sidecar written by :func:`export_onnx`."""
+    from usjepa_fast.models.frozen import EncoderInfo
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsfastError(f"sidecar {path} is missing; export the model with `usfast export` (it writes both files)")
+    try:
+        data = json.loads(path.read_text())
+        export = dict(data.pop("export", {}))
+        return EncoderInfo.from_json(data), export
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UsfastError(f"sidecar {path} is not a usfast encoder description ({exc}); re-export the model") from None
+
+
+class _ExportModule(nn.Module):
+    """Wrap a FrozenEncoder: one ``forward_features`` -> pooled (and tokens), fp32 at the boundary."""
+
+    def __init__(self, encoder: nn.Module, tokens: bool, half: bool) -> None:
+        super().__init__()
+        self.model = encoder.model
+        self.pool = encoder.info.pool
+        self.num_prefix = encoder.info.num_prefix_tokens
+        self.tokens = tokens
+        self.half = half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.half:
+            x = x.half()
+        feats = self.model.forward_features(x)  # (B, P+N, D) for ViTs, (B, C, H, W) for conv nets
+        if feats.ndim == 4:
+            feats = feats.flatten(2).transpose(1, 2)  # (B, HW, C)
+            patch = feats
+        else:
+            patch = feats[:, self.num_prefix :]  # (B, N, D)
+        pooled = feats[:, 0] if self.pool == "cls" else patch.mean(dim=1)  # (B, D)
+        if not self.tokens:
+            return pooled.float()
+        return pooled.float(), patch.float()
+
+
+def _ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _parity(sess, reference: nn.Module, x: torch.Tensor, tokens: bool) -> ParityReport:
+    with torch.inference_mode():
+        ref = reference(x)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    outs = sess.run(None, {"pixels": x.numpy()})
+    if len(outs) != len(refs):
+        raise ExportParityError(f"exported graph has {len(outs)} outputs, expected {len(refs)}; re-export")
+    max_abs, ref_max, cos_min = 0.0, 0.0, 1.0
+    for r, o in zip(refs, outs, strict=True):
+        r = r.float().reshape(r.shape[0], -1)
+        o = torch.from_numpy(np.asarray(o, dtype=np.float32)).reshape(r.shape[0], -1)
+        if o.shape != r.shape:
+            raise ExportParityError(f"exported output shape {tuple(o.shape)} != PyTorch {tuple(r.shape)}")
+        max_abs = max(max_abs, float((o - r).abs().max()))
+        ref_max = max(ref_max, float(r.abs().max()))
+        cos_min = min(cos_min, float(torch.nn.functional.cosine_similarity(o, r, dim=1).min()))
+    rel = max_abs / max(ref_max, 1e-12)
+    return ParityReport(
+        max_abs_err=max_abs,
+        rel_err=rel if np.isfinite(max_abs) else float("inf"),
+        cosine_min=cos_min,
+        batch=int(x.shape[0]),
+    )
+
+
+def _run_exporter(
+    module: nn.Module, example: torch.Tensor, path: Path, exporter: str, tokens: bool, opset: int | None
+) -> None:
+    output_names = ["pooled", "tokens"] if tokens else ["pooled"]
+    # ONNX protobuf caps a single file at 2 GiB; beyond that weights go to an external data file.
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1_800_000_000
+    if exporter == "dynamo":
+        # the exporter's IR passes log every rewrite at INFO; keep `usfast -v` readable
+        for name in ("onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=["pixels"],
+            output_names=output_names,
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=big,
+            verbose=False,
+        )
+        program.save(str(path), external_data=big)
+    elif exporter == "torchscript":
+        axes = {"pixels": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's deprecation and TracerWarnings are expected
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=opset or 17,
+                do_constant_folding=True,
+            )
+    else:
+        raise UsfastError(f"unknown ONNX exporter {exporter!r}; use dynamo or torchscript")
+
+
+def export_onnx(
+    encoder_spec: str | Path | nn.Module,
+    out_path: str | Path,
+    *,
+    arch: str | None = None,
+    pool: str | None = None,
+    img_size: int | None = None,
+    precision: Precision = "fp32",
+    tokens: bool = False,
+    exporter: Exporter = "dynamo",
+    opset: int | None = None,
+    check_batch: int = 3,
+    tolerance: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``encoder_spec`` (timm name, usfast ``.safetensors``/run dir, checkpoint + ``arch``, or a
+    loaded ``FrozenEncoder``) to ``out_path`` (``.onnx``) plus ``<stem>.json`` sidecar.
+
+    ``tolerance``: ``(max relative error, min cosine)``, default :data:`DEFAULT_TOLERANCE` per
+    precision. Raises :class:`ExportParityError` (and writes nothing) when the ORT outputs miss it.
+    """
+    from usjepa_fast.kernels import use_backend
+    from usjepa_fast.models.frozen import FrozenEncoder, load_frozen_encoder
+
+    if precision not in DEFAULT_TOLERANCE:
+        raise UsfastError(f"export precision {precision!r}; use fp32 or fp16")
+    out_path = Path(out_path)
+    if out_path.suffix != ".onnx":
+        raise UsfastError(f"export target {out_path} must end in .onnx")
+    if out_path.with_suffix(".safetensors").is_file():
+        # <stem>.json is that checkpoint's own sidecar: writing ours there would clobber it
+        raise UsfastError(
+            f"{out_path} sits beside {out_path.with_suffix('.safetensors').name}, whose sidecar "
+            f"{sidecar_path_for(out_path).name} the export would overwrite; choose another --out name or folder"
+        )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if isinstance(encoder_spec, FrozenEncoder):
+        encoder = encoder_spec
+    elif isinstance(encoder_spec, nn.Module):
+        raise UsfastError(
+            "export_onnx takes a FrozenEncoder module (see usjepa_fast.models.frozen), not a bare nn.Module"
+        )
+    else:
+        encoder = load_frozen_encoder(encoder_spec, arch=arch, pool=pool, img_size=img_size, seed=seed)
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in encoder.parameters()):
+        encoder = copy.deepcopy(encoder).cpu().float()  # export on a CPU fp32 copy; the caller's module stays put
+    encoder = encoder.eval()
+    info = encoder.info
+    s = info.input_size
+    reference = _ExportModule(encoder, tokens, half=False).eval()
+    if precision == "fp16":
+        half_encoder = copy.deepcopy(encoder).half()
+        module = _ExportModule(half_encoder, tokens, half=True).eval()
+    else:
+        module = reference
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(2, info.in_chans, s, s, generator=gen)
+    # a different batch size than the traced one: proves the batch axis is dynamic
+    check = torch.randn(max(1, check_batch if check_batch != 2 else 3), info.in_chans, s, s, generator=gen)
+
+    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}.onnx")
+    try:
+        # Kernel call sites take their PyTorch reference path: the graph must hold only standard ops.
+        with use_backend("torch"), torch.inference_mode(False), torch.no_grad():
+            try:
+                _run_exporter(module, example, tmp, exporter, tokens, opset)
+            except UsfastError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - exporter failures are many types; report one line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise UsfastError(
+                    f"ONNX export of {info.name} failed with the {exporter} exporter ({first[:300]}); "
+                    f"try --exporter {'torchscript' if exporter == 'dynamo' else 'dynamo'}"
+                ) from None
+        try:
+            sess = _ort_session(tmp)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ExportParityError(
+                f"ONNX Runtime cannot load the exported {info.name} graph ({exc}); try the other --exporter"
+            ) from None
+        report = _parity(sess, reference, check, tokens)
+        rel_tol, cos_tol = tolerance or DEFAULT_TOLERANCE[precision]
+        if not report.ok(rel_tol, cos_tol):
+            raise ExportParityError(
+                f"exported {out_path.name} differs from PyTorch beyond tolerance: relative error "
+                f"{report.rel_err:.2e} (max {rel_tol:.0e}), cosine {report.cosine_min:.6f} (min {cos_tol}); "
+                "nothing written - use --precision fp32 or the other --exporter"
+            )
+        import onnx
+
+        opset_used = max(
+            (
+                o.version
+                for o in onnx.load(str(tmp), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx")
+            ),
+            default=0,
+        )
+        for ext in tmp.parent.glob(tmp.name + ".data"):  # external weights travel with the graph
+            os.replace(ext, out_path.with_name(out_path.name + ".data"))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = sidecar_path_for(out_path)
+    export_block = {
+        "format": EXPORT_FORMAT,
+        "file": out_path.name,
+        "kind": "onnx",
+        "precision": precision,
+        "outputs": ["pooled", "tokens"] if tokens else ["pooled"],
+        "input": {"name": "pixels", "shape": ["batch", info.in_chans, s, s], "dtype": "float32"},
+        "exporter": exporter,
+        "opset": int(opset_used),
+        "torch": torch.__version__,
+        "parity": {
+            "max_abs_err": report.max_abs_err,
+            "rel_err": report.rel_err,
+            "cosine_min": report.cosine_min,
+            "batch": report.batch,
+            "tolerance": {"rel_err": rel_tol, "cosine_min": cos_tol},
+        },
+    }
+    write_export_sidecar(info, sidecar, export_block)
+    dt = time.perf_counter() - t0
+    log.info(
+        "export: %s -> %s (%s, %s exporter, rel err %.1e, cosine %.6f, %.1fs)",
+        info.name,
+        out_path,
+        precision,
+        exporter,
+        report.rel_err,
+        report.cosine_min,
+        dt,
+    )
+    return ExportResult(out_path, sidecar, info, report, precision, exporter, dt)
+
+
+def verify_onnx(
+    onnx_path: str | Path,
+    encoder_spec: str | Path | nn.Module | None = None,
+    *,
+    batch: int = 4,
+    arch: str | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Re-run the ORT-vs-PyTorch comparison of an existing export (encoder from the sidecar's source
+    unless ``encoder_spec`` is given)."""
+    from usjepa_fast.models.frozen import FrozenEncoder, load_frozen_encoder
+
+    onnx_path = Path(onnx_path)
+    info, export = read_export_sidecar(sidecar_path_for(onnx_path))
+    if isinstance(encoder_spec, FrozenEncoder):
+        encoder = encoder_spec
+    elif encoder_spec is not None:
+        encoder = load_frozen_encoder(encoder_spec, arch=arch, pool=info.pool, seed=seed)
+    else:
+        encoder = _encoder_from_info(info)
+    reference = _ExportModule(encoder.eval().float(), "tokens" in export.get("outputs", []), half=False)
+    x = torch.randn(
+        batch, info.in_chans, info.input_size, info.input_size, generator=torch.Generator().manual_seed(seed)
+    )
+    return _parity(_ort_session(onnx_path), reference, x, "tokens" in export.get("outputs", []))
+
+
+def _encoder_from_info(info: Any) -> nn.Module:
+    """Rebuild the PyTorch encoder a sidecar describes (its weights file, or its random-init seed)."""
+    from usjepa_fast.models.frozen import load_frozen_encoder
+
+    src = Path(info.source)
+    if src.is_file():
+        has_sidecar = src.suffix == ".safetensors" and src.with_suffix(".json").is_file()
+        return load_frozen_encoder(
+            src,
+            arch=None if has_sidecar else info.timm_name,
+            pool=info.pool,
+            img_size=None if has_sidecar else info.input_size,
+        )
+    if info.source_hash.startswith("random-init:"):
+        seed = int(info.source_hash.rsplit(":", 1)[1])
+        return load_frozen_encoder(info.timm_name, pool=info.pool, img_size=info.input_size, seed=seed)
+    raise UsfastError(
+        f"the encoder source {info.source} recorded in the sidecar is gone; pass the checkpoint explicitly"
+    )
