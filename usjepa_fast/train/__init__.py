@@ -1,0 +1,15 @@
+"""SALT / US-JEPA / USrc-JEPA pretraining: ``run(cfg) -> RunSummary`` (see ``train.engine``)."""
+
+from usjepa_fast.train.config import TrainConfig, load_train_config
+from usjepa_fast.train.engine import RunSummary, Trainer, run
+from usjepa_fast.train.pipeline import TwoStageResult, pretrain_two_stage
+
+__all__ = [
+    "RunSummary",
+    "TrainConfig",
+    "Trainer",
+    "TwoStageResult",
+    "load_train_config",
+    "pretrain_two_stage",
+    "run",
+]

@@ -1,0 +1,138 @@
+"""The training config tree (``usfast train CONFIG --set optim.lr=1e-4``).
+
+Load with :func:`load_train_config`; unknown keys are rejected by :mod:`usjepa_fast.config`. Every
+field carries a why-comment; the shipped recipes live in ``usjepa_fast/configs/``:
+``salt_vitb16_paper.yaml`` (US-JEPA ViT-B/16), ``salt_tiny_cpu.yaml`` (2 CPU cores) and
+``pixel_teacher_tiny_cpu.yaml`` (stage 1: our own pixel teacher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from usjepa_fast.config import load_config
+from usjepa_fast.masking.multiblock import MaskConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where frames come from and how they become model inputs."""
+
+    sources: list[str] = field(default_factory=list)  # UltraBench dirs, image folders or video folders
+    image_size: int = 224  # model input side; the token grid is image_size / patch_size
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation recorded in the export
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # random-resized-crop area range (I-JEPA)
+    hflip: bool = True  # horizontal flips: ultrasound anatomy is left/right ambiguous on screen
+    cap: int = 50_000  # per-source sampling cap of the mixed corpus (paper: balance 49 datasets)
+    every_k: int = 1  # video sources: keep every k-th frame
+    max_frames_per_clip: int | None = None  # video sources: at most this many frames per clip
+    val_fraction: float = 0.05  # held-out fraction for the validation loss (paper: 5%)
+    batch_size: int = 128  # per process and per micro-step
+    num_workers: int = 8  # DataLoader workers per process (0 = load in the training process)
+
+
+@dataclass
+class ModelSection:
+    """Student (context encoder) and predictor; names from ``usjepa_fast.models.list_models()``."""
+
+    student: str = "usjepa_vit_base"  # registry name of the context encoder
+    embed_dim: int | None = None  # overrides of the named student size (None = the name's default)
+    depth: int | None = None
+    num_heads: int | None = None
+    patch_size: int = 16  # ViT patch side
+    drop_path_rate: float = 0.0  # stochastic depth of the student (I-JEPA: none)
+    predictor: str = "predictor_base"  # registry name of the predictor (paper: width 384, depth 12)
+    predictor_embed_dim: int | None = None  # overrides of the named predictor size
+    predictor_depth: int | None = None
+    predictor_num_heads: int | None = None
+    predictor_per_block: bool = True  # I-JEPA: predict each target block from the context alone
+
+
+@dataclass
+class TeacherConfig:
+    """SALT teacher (objective=salt) or EMA settings (objective=ema)."""
+
+    spec: str = ""  # usfast .safetensors / run dir / checkpoint file (+arch) / timm name (random init)
+    arch: str | None = None  # timm architecture of a raw checkpoint, e.g. vit_base_patch16_224 for URFM
+    bf16: bool = True  # run the frozen teacher in bf16 autocast (targets are layer-normed anyway)
+    ema_momentum: tuple[float, float] = (0.996, 1.0)  # EMA mode: momentum ramps linearly (I-JEPA)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the predictor regresses."""
+
+    kind: Literal["salt", "ema", "pixel"] = "salt"  # frozen teacher / I-JEPA EMA / stage-1 pixels
+    beta: float = 1.0  # Smooth-L1 beta (1.0 = PyTorch default, as in SALT)
+    normalize_target: bool = True  # layer-norm teacher targets (pixel: per-patch normalised pixels)
+    pixel_pool: int = 1  # pixel objective: average-pool factor inside a patch (>1 removes speckle)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmed-up cosine lr and a cosine weight-decay ramp (I-JEPA)."""
+
+    steps: int = 100_000  # optimizer steps in the whole run (schedules are functions of the step)
+    warmup_steps: int = 10_000  # linear lr warm-up from start_lr to lr
+    start_lr: float = 2.0e-4  # lr at step 0
+    lr: float = 1.0e-3  # peak lr (I-JEPA value for a 2048 global batch; scale with your batch)
+    final_lr: float = 1.0e-6  # lr at the last step
+    weight_decay: float = 0.04  # weight decay at step 0 (not on biases, norms, position embeddings)
+    final_weight_decay: float = 0.4  # weight decay at the last step (cosine ramp)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1.0e-8
+    clip_grad: float = 1.0  # max global grad norm (0 disables); guards against rare loss spikes
+    grad_accum: int = 1  # micro-steps per optimizer step (effective batch = batch * accum * world)
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how the loop behaves."""
+
+    out_dir: str = "runs/salt"  # run directory: config.yaml, metrics.jsonl, checkpoints/, student.*
+    seed: int = 0  # model init, data order, masks and augmentation all derive from it
+    device: str = "auto"  # auto = cuda:LOCAL_RANK when available, else cpu
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = True  # torch.compile the student+predictor step (off for tiny CPU runs)
+    kernels: Literal["auto", "triton", "torch"] = "auto"  # attention / loss kernel backend
+    log_every: int = 10  # metrics.jsonl / progress-bar cadence in optimizer steps
+    ckpt_every: int = 1000  # checkpoint cadence in optimizer steps (also written at the end)
+    keep_last: int = 3  # rolling checkpoints kept (best.pt is kept separately)
+    val_every: int = 1000  # validation-loss cadence in optimizer steps (also at the end)
+    val_batches: int | None = None  # cap the validation pass (None = the whole hold-out)
+    progress: bool = True  # tqdm progress bar on rank 0
+    num_threads: int | None = None  # torch intra-op threads (None = torch default; 1 is fastest for tiny
+    # models on a busy CPU, where thread contention costs more than it parallelises)
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this invocation
+
+
+@dataclass
+class TrainConfig:
+    """The whole training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, or the name of a shipped recipe (``salt_tiny_cpu`` / ``salt_tiny_cpu.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (p.name if p.suffix else p.name + ".yaml")
+    return shipped if shipped.is_file() else p
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML recipe (path or shipped name) + ``section.key=value`` overrides -> :class:`TrainConfig`."""
+    return load_config(TrainConfig, resolve_config_path(path) if path is not None else None, overrides)

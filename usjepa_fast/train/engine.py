@@ -1,0 +1,638 @@
+"""The SALT / EMA / pixel pretraining loop.
+
+One optimizer step (:meth:`Trainer.train_step`) has four named phases per micro-batch:
+
+1. **teacher forward** — the frozen teacher (SALT) or the EMA copy (I-JEPA) embeds the *full*
+   image once, under ``no_grad``: ``(B, 3, S, S) -> (B, N, Dt)``; stage 1 uses normalised pixels
+   ``(B, N, p*p)`` instead;
+2. **student forward** — the context encoder runs only on the kept context tokens ``(B, Kc, Ds)``,
+   the predictor puts mask tokens at the target positions and regresses ``(B, M, Dt)``;
+3. **loss** — :func:`usjepa_fast.kernels.salt_smooth_l1` gathers the teacher tokens at
+   ``target_idx`` (optionally layer-normed) and returns the Smooth-L1 mean;
+4. **step** — lr / weight-decay schedules, gradient clipping, AdamW, and the EMA update.
+
+Masks are drawn in the training process from a generator seeded by ``(seed, step, micro, rank)``,
+so they are identical after a resume and independent of data-loader workers. Everything else that
+resume needs (weights, optimizer, data position, RNG states) is in the rolling checkpoints; with
+``data.num_workers=0`` an interrupted + resumed CPU run reproduces the uninterrupted weights bit for
+bit (with workers, data order and masks are still exact but augmentation draws come from worker
+RNGs whose assignment shifts with the resume point). Under DDP every rank's RNG state is gathered
+into the checkpoint, so a resume with the same world size continues each rank's stream. A Ctrl-C
+(KeyboardInterrupt) mid-step writes a checkpoint of the state at the start of that step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from usjepa_fast.config import save_config, to_dict
+from usjepa_fast.errors import ConfigError, UsfastError
+from usjepa_fast.kernels import salt_smooth_l1, set_backend
+from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
+from usjepa_fast.models.pixel import patchify_gray, pixel_target_dim
+from usjepa_fast.models.predictor import Predictor
+from usjepa_fast.models.registry import create
+from usjepa_fast.models.teacher import Teacher, ema_teacher, frozen_teacher
+from usjepa_fast.models.vit import VisionTransformer
+from usjepa_fast.train import checkpoint as ckpt
+from usjepa_fast.train.config import TrainConfig
+from usjepa_fast.train.data import build_pretrain_datasets, collate_pretrain
+from usjepa_fast.train.sampler import ResumableDistributedSampler
+from usjepa_fast.train.schedules import lr_at, momentum_at, wd_at
+
+log = logging.getLogger("usfast")
+CKPT_FORMAT = "usfast-train/1"
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    step: int  # optimizer steps completed in total
+    total_steps: int
+    final_loss: float  # mean training loss of the last logged interval
+    best_val_loss: float | None
+    student_path: Path | None  # export-ready student.safetensors (None when stopped early)
+    checkpoint: Path | None  # last rolling checkpoint written
+    elapsed_s: float  # wall time of this invocation
+    images_per_s: float  # training throughput of this invocation (all ranks)
+    resumed_from: int | None = None
+    mask_fallbacks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_pref: str) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistInfo(rank, world, local, False)
+    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(rank, world, local, True)
+
+
+def resolve_device(pref: str, info: DistInfo) -> torch.device:
+    if pref == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={pref} but CUDA is not available here; use run.device=auto or cpu")
+    if pref == "cuda":
+        return torch.device(f"cuda:{info.local_rank}")
+    return torch.device(pref)
+
+
+class JEPAModel(nn.Module):
+    """Student context encoder + predictor as one module (one DDP / torch.compile unit)."""
+
+    def __init__(self, student: VisionTransformer, predictor: Predictor) -> None:
+        super().__init__()
+        self.student = student
+        self.predictor = predictor
+
+    def forward(
+        self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, num_target_blocks: int
+    ) -> torch.Tensor:
+        context = self.student(images, context_idx)  # (B, Kc, Ds): only context tokens are encoded
+        return self.predictor(context, context_idx, target_idx, num_target_blocks)  # (B, M, Dt)
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """I-JEPA grouping: no weight decay on biases and 1-D (norm) parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns models, optimizer, data position and run directory of one training run."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        train_weights: list[float] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = init_distributed(cfg.run.device)
+        self.device = resolve_device(cfg.run.device, self.dist)
+        set_backend(cfg.run.kernels)
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        self.run_dir = Path(cfg.run.out_dir)
+        self._validate_config()
+        self.use_bf16 = cfg.run.precision == "bf16" or (
+            cfg.run.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        self.grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
+        self.collator = MultiBlockMaskCollator(cfg.mask, self.grid, seed=cfg.run.seed)
+
+        # Models: identical init on every rank (seeded), then per-rank RNG for dropout/augmentation.
+        torch.manual_seed(cfg.run.seed)
+        self.student, self.predictor, self.teacher = self._build_models()
+        self.model = JEPAModel(self.student, self.predictor).to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        self._seed_process(cfg.run.seed * 1000 + self.dist.rank + 1)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model), lr=cfg.optim.start_lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+        )
+        self.step_model: nn.Module = self.model
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        if self.dist.world_size > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            self.step_model = self.ddp
+        if cfg.run.compile:
+            self.step_model = torch.compile(self.step_model)
+
+        # Data
+        if train_dataset is None:
+            train_dataset, val_dataset, train_weights = build_pretrain_datasets(
+                cfg.data, cfg.model.patch_size, cfg.run.seed
+            )
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.sampler = ResumableDistributedSampler(
+            len(train_dataset), cfg.run.seed, self.dist.rank, self.dist.world_size, train_weights
+        )
+        if self.sampler.per_rank < cfg.data.batch_size:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} exceeds the {self.sampler.per_rank} training frames per "
+                "process; lower data.batch_size or add data"
+            )
+        self.epoch, self.consumed = 0, 0  # data position: epoch and micro-batches consumed in it
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self.step = 0
+        self.best_val: float | None = None
+        self.resumed_from: int | None = None
+        self.fallbacks: dict[str, int] = {}
+        self._prepare_run_dir(resume)
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _validate_config(self) -> None:
+        cfg = self.cfg
+        if cfg.data.image_size % cfg.model.patch_size:
+            raise ConfigError(
+                f"data.image_size={cfg.data.image_size} is not a multiple of model.patch_size={cfg.model.patch_size}"
+            )
+        if cfg.optim.grad_accum < 1 or cfg.optim.steps < 1:
+            raise ConfigError("optim.steps and optim.grad_accum must be >= 1")
+        if cfg.objective.kind == "salt" and not cfg.teacher.spec:
+            raise ConfigError(
+                "objective.kind=salt needs teacher.spec (a .safetensors / checkpoint + teacher.arch / timm name); "
+                "train one with objective.kind=pixel first"
+            )
+
+    def _seed_process(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def _build_models(self) -> tuple[VisionTransformer, Predictor, Teacher | None]:
+        cfg, m = self.cfg, self.cfg.model
+        student = create(
+            m.student,
+            img_size=cfg.data.image_size,
+            patch_size=m.patch_size,
+            embed_dim=m.embed_dim,
+            depth=m.depth,
+            num_heads=m.num_heads,
+            drop_path_rate=m.drop_path_rate,
+            mean=tuple(cfg.data.mean),
+            std=tuple(cfg.data.std),
+        )
+        teacher: Teacher | None = None
+        kind = cfg.objective.kind
+        if kind == "salt":
+            teacher = frozen_teacher(cfg.teacher.spec, cfg.teacher.arch, self.grid, bf16=cfg.teacher.bf16)
+            teacher.set_input_normalisation(cfg.data.mean, cfg.data.std)
+            out_dim = teacher.width
+        elif kind == "ema":
+            teacher = ema_teacher(student, cfg.data.mean, cfg.data.std)
+            out_dim = student.embed_dim
+        else:
+            out_dim = pixel_target_dim(m.patch_size, cfg.objective.pixel_pool)
+        predictor = create(
+            m.predictor,
+            in_dim=student.embed_dim,
+            out_dim=out_dim,
+            grid=self.grid,
+            embed_dim=m.predictor_embed_dim,
+            depth=m.predictor_depth,
+            num_heads=m.predictor_num_heads,
+            per_block=m.predictor_per_block,
+        )
+        return student, predictor, teacher  # type: ignore[return-value]
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is not None and not resume:
+            raise UsfastError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or set run.out_dir to a new "
+                "directory"
+            )
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        if latest is not None:
+            self.load_checkpoint(latest)
+            self.resumed_from = self.step
+            if self.dist.is_main:
+                self._truncate_metrics(self.step)
+            log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, self.step, self.epoch, self.consumed)
+        elif resume:
+            log.info("no checkpoint in %s: starting from scratch", self.run_dir)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, sampler: Any, seed: int) -> DataLoader:
+        # An explicit generator keeps DataLoader set-up from drawing on the global RNG, so creating
+        # an iterator at a resume point does not shift the augmentation stream.
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.data.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=collate_pretrain,
+            drop_last=sampler is self.sampler,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """Next training micro-batch; rolls over epochs and tracks the position for resume."""
+        while True:
+            if self._batches is None:
+                self.sampler.set_epoch(self.epoch, start=self.consumed * self.cfg.data.batch_size)
+                seed = self.cfg.run.seed * 1_000_003 + self.epoch * 7 + self.dist.rank
+                self._batches = iter(self._loader(self.train_dataset, self.sampler, seed))
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self._batches = None
+                self.epoch, self.consumed = self.epoch + 1, 0
+                continue
+            self.consumed += 1
+            return batch
+
+    def sample_masks(self, batch: dict[str, torch.Tensor], seed_parts: tuple[int, ...]) -> MaskBatch:
+        rng = np.random.default_rng([self.cfg.run.seed, *seed_parts])
+        masks = self.collator.sample(batch["image"].shape[0], batch.get("valid_patches"), rng)
+        for key, n in masks.fallbacks.items():
+            if key not in self.fallbacks:
+                log.warning("USrc masking fallback '%s' used (see usjepa_fast.masking.multiblock); counting", key)
+            self.fallbacks[key] = self.fallbacks.get(key, 0) + n
+        return masks
+
+    # -- the step ---------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Phase 1: what the predictor regresses, for every patch: (B, N, Dt)."""
+        if self.teacher is None:
+            return patchify_gray(images, self.cfg.model.patch_size, self.cfg.objective.pixel_pool)  # (B, N, q*q)
+        return self.teacher(images)  # no_grad inside
+
+    def loss(self, pred: torch.Tensor, targets: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Phase 3: Smooth-L1 between (B, M, Dt) predictions and targets gathered at target_idx."""
+        obj = self.cfg.objective
+        return salt_smooth_l1(pred, targets, target_idx, beta=obj.beta, normalize_target=obj.normalize_target)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
+        cfg, accum = self.cfg, self.cfg.optim.grad_accum
+        self.model.train()
+        total_loss = 0.0
+        n_images = 0
+        for micro in range(accum):
+            batch = self.next_batch()
+            images = batch["image"].to(self.device, non_blocking=True)  # (B, 3, S, S)
+            masks = self.sample_masks(batch, (self.step, micro, self.dist.rank))
+            ctx_idx = masks.context_idx.to(self.device)  # (B, Kc)
+            tgt_idx = masks.target_idx.to(self.device)  # (B, nT*Kt)
+            # Phase 1: teacher forward (full image, no grad).
+            with self._autocast():
+                targets = self.targets(images)
+            # DDP all-reduces gradients only on the last micro-batch of the step.
+            sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                # Phase 2: student forward on context tokens + predictor.
+                with self._autocast():
+                    pred = self.step_model(images, ctx_idx, tgt_idx, masks.num_target_blocks)
+                # Phase 3: loss (float32 inside the kernel).
+                loss = self.loss(pred, targets, tgt_idx)
+                (loss / accum).backward()
+            total_loss += float(loss.detach())
+            n_images += images.shape[0]
+
+        # Phase 4: optimizer step with scheduled lr / weight decay, clipping and EMA.
+        o = cfg.optim
+        lr = lr_at(self.step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
+        wd = wd_at(self.step, o.steps, o.weight_decay, o.final_weight_decay)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd if group["apply_wd"] else 0.0
+        grad_norm = float("nan")
+        if o.clip_grad > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        momentum = float("nan")
+        if self.teacher is not None and self.teacher.is_ema:
+            momentum = momentum_at(self.step, o.steps, *cfg.teacher.ema_momentum)
+            self.teacher.ema_update(self.student, momentum)
+        self.step += 1
+        return {
+            "loss": total_loss / accum,
+            "lr": lr,
+            "wd": wd,
+            "grad_norm": grad_norm,
+            "momentum": momentum,
+            "images": float(n_images * self.dist.world_size),
+        }
+
+    # -- validation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean SALT loss on the hold-out with fixed masks (comparable across evaluations)."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return None
+        self.model.eval()
+        indices = list(range(len(self.val_dataset)))[self.dist.rank :: self.dist.world_size]
+        loader = self._loader(self.val_dataset, indices, seed=0)
+        total = torch.zeros(2, dtype=torch.float64)
+        for i, batch in enumerate(loader):
+            if self.cfg.run.val_batches is not None and i >= self.cfg.run.val_batches:
+                break
+            images = batch["image"].to(self.device)
+            rng = np.random.default_rng([self.cfg.run.seed, 999_999, i, self.dist.rank])
+            masks = self.collator.sample(images.shape[0], batch.get("valid_patches"), rng)
+            ctx_idx, tgt_idx = masks.context_idx.to(self.device), masks.target_idx.to(self.device)
+            with self._autocast():
+                targets = self.targets(images)
+                pred = self.model(images, ctx_idx, tgt_idx, masks.num_target_blocks)
+            loss = self.loss(pred, targets, tgt_idx)
+            total += torch.tensor([float(loss) * images.shape[0], images.shape[0]], dtype=torch.float64)
+        if self.dist.world_size > 1:
+            dist.all_reduce(total)
+        self.model.train()
+        return float(total[0] / total[1]) if total[1] > 0 else None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state(self, position: tuple[int, int] | None = None, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        epoch, consumed = position if position is not None else (self.epoch, self.consumed)
+        return {
+            "format": CKPT_FORMAT,
+            "step": self.step,
+            "epoch": epoch,
+            "consumed": consumed,
+            "student": self.student.state_dict(),
+            "predictor": self.predictor.state_dict(),
+            "teacher": self.teacher.encoder.state_dict() if self.teacher is not None and self.teacher.is_ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng if rng is not None else ckpt.rng_state(),
+            "best_val": self.best_val,
+            "config": to_dict(self.cfg),
+            "student_timm": self.student.timm_spec(),
+        }
+
+    def save_checkpoint(self, collective: bool = True, **kwargs: Any) -> Path | None:
+        """Rank 0 writes; with ``collective`` every rank must call (their RNG states are gathered)."""
+        rng_ranks = None
+        if self.dist.world_size > 1 and collective:
+            rng_ranks = [None] * self.dist.world_size
+            dist.all_gather_object(rng_ranks, ckpt.rng_state())
+        if not self.dist.is_main:
+            return None
+        state = self.state(**kwargs)
+        state["rng_ranks"] = rng_ranks
+        return ckpt.save_rolling(state, self.run_dir, self.step, self.cfg.run.keep_last)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = ckpt.load_training_state(path)
+        if state.get("format") != CKPT_FORMAT:
+            raise UsfastError(f"{path} is not a usfast training checkpoint (format {state.get('format')!r})")
+        self.student.load_state_dict(state["student"])
+        self.predictor.load_state_dict(state["predictor"])
+        if state.get("teacher") is not None and self.teacher is not None and self.teacher.is_ema:
+            self.teacher.encoder.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        self.best_val = state.get("best_val")
+        ranks = state.get("rng_ranks")
+        if self.dist.world_size == 1:
+            ckpt.set_rng_state(state["rng"])
+        elif ranks is not None and len(ranks) == self.dist.world_size:
+            ckpt.set_rng_state(ranks[self.dist.rank])  # each rank continues its own stream
+        else:  # other world size, or a checkpoint written by rank 0 alone (Ctrl-C): fresh streams
+            log.warning("checkpoint %s has no RNG state for %d ranks; reseeding", path, self.dist.world_size)
+            self._seed_process(self.cfg.run.seed * 1000 + self.dist.rank + 1 + self.step)
+        self._batches = None
+
+    def export_student(self) -> Path | None:
+        """Write the export-ready ``student.safetensors`` + ``student.json`` (timm-loadable)."""
+        if not self.dist.is_main:
+            return None
+        from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+
+        timm_name, timm_kwargs = self.student.timm_spec()
+        info = EncoderInfo(
+            name=f"usfast-{self.cfg.objective.kind}-{self.cfg.model.student}",
+            input_size=self.cfg.data.image_size,
+            mean=tuple(self.cfg.data.mean),
+            std=tuple(self.cfg.data.std),
+            pool="mean",
+            width=self.student.embed_dim,
+            patch_size=self.cfg.model.patch_size,
+            num_prefix_tokens=0,
+            timm_name=timm_name,
+            timm_kwargs=timm_kwargs,
+        )
+        return save_export_ready(self.student, info, self.run_dir / "student.safetensors")
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics lines written after the checkpoint we resume from (a killed run's tail)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def last_logged_loss(self) -> float:
+        """Training loss of the newest metrics row (a resumed run that had no step left to do)."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        losses = [r["loss"] for r in rows if r.get("loss") is not None]
+        return float(losses[-1]) if losses else float("nan")
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN
+    return value
+
+
+def _progress(trainer: Trainer) -> Any:
+    if not (trainer.cfg.run.progress and trainer.dist.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=trainer.cfg.optim.steps, initial=trainer.step, desc="usfast train", unit="step", dynamic_ncols=True
+    )
+
+
+def run(
+    cfg: TrainConfig, resume: bool = False, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None
+) -> RunSummary:
+    """Train (or resume) one run described by ``cfg``; see the module doc for the step anatomy.
+
+    ``train_dataset`` / ``val_dataset`` replace ``cfg.data.sources`` (in-memory data for tests and
+    benchmarks); items are dicts with ``image (3, S, S)`` and, for USrc, ``valid_patches``.
+    """
+    t_start = time.perf_counter()
+    trainer = Trainer(cfg, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset)
+    r = cfg.run
+    total = cfg.optim.steps
+    stop_at = total if r.stop_after is None else min(total, trainer.step + r.stop_after)
+    bar = _progress(trainer)
+    last_ckpt: Path | None = None
+    window_loss, window_n, window_images, window_t = 0.0, 0, 0.0, time.perf_counter()
+    run_images, final_loss = 0.0, float("nan")
+    try:
+        while trainer.step < stop_at:
+            position, rng = (trainer.epoch, trainer.consumed), ckpt.rng_state()
+            try:
+                metrics = trainer.train_step()
+            except KeyboardInterrupt:
+                # Roll back to the start of the interrupted step so the checkpoint is exact.
+                trainer.optimizer.zero_grad(set_to_none=True)
+                last_ckpt = trainer.save_checkpoint(collective=False, position=position, rng=rng)
+                log.warning("interrupted at step %d; checkpoint %s (resume with --resume)", trainer.step, last_ckpt)
+                raise
+            if not math.isfinite(metrics["loss"]):
+                raise UsfastError(
+                    f"training loss became {metrics['loss']} at step {trainer.step}; lower optim.lr or enable "
+                    f"optim.clip_grad, then resume from {ckpt.latest_checkpoint(trainer.run_dir)}"
+                )
+            window_loss += metrics["loss"]
+            window_n += 1
+            window_images += metrics["images"]
+            run_images += metrics["images"]
+            step = trainer.step
+            if step % r.log_every == 0 or step == stop_at:
+                elapsed = time.perf_counter() - window_t
+                final_loss = window_loss / window_n
+                ips = window_images / max(elapsed, 1e-9)
+                trainer.log_metrics(
+                    {
+                        "step": step,
+                        "epoch": trainer.epoch,
+                        "loss": final_loss,
+                        "lr": metrics["lr"],
+                        "wd": metrics["wd"],
+                        "grad_norm": metrics["grad_norm"],
+                        "momentum": metrics["momentum"],
+                        "images_per_s": ips,
+                    }
+                )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{ips:.1f}")
+                window_loss, window_n, window_images, window_t = 0.0, 0, 0.0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if step % r.val_every == 0 or step == total:
+                val = trainer.validate()
+                if val is not None:
+                    trainer.log_metrics({"step": step, "val_loss": val})
+                    if trainer.best_val is None or val < trainer.best_val:
+                        trainer.best_val = val
+                        if trainer.dist.is_main:
+                            ckpt.atomic_torch_save(trainer.state(), trainer.run_dir / "best.pt")
+            if step % r.ckpt_every == 0 or step == stop_at:
+                last_ckpt = trainer.save_checkpoint()
+            if step % r.log_every == 0:  # throughput windows exclude validation and checkpoint time
+                window_t = time.perf_counter()
+    finally:
+        if bar is not None:
+            bar.close()
+    student_path = trainer.export_student() if trainer.step >= total else None
+    if trainer.dist.world_size > 1:
+        dist.barrier()
+    if trainer.dist.initialised_here:
+        dist.destroy_process_group()
+    elapsed = time.perf_counter() - t_start
+    if math.isnan(final_loss) and trainer.dist.is_main:
+        final_loss = trainer.last_logged_loss()
+    summary = RunSummary(
+        run_dir=trainer.run_dir,
+        step=trainer.step,
+        total_steps=total,
+        final_loss=final_loss,
+        best_val_loss=trainer.best_val,
+        student_path=student_path,
+        checkpoint=last_ckpt,
+        elapsed_s=elapsed,
+        images_per_s=run_images / max(elapsed, 1e-9),
+        resumed_from=trainer.resumed_from,
+        mask_fallbacks=dict(trainer.fallbacks),
+    )
+    if trainer.dist.is_main:
+        (trainer.run_dir / "summary.json").write_text(
+            json.dumps({k: _jsonable(v) for k, v in dataclasses.asdict(summary).items()}, indent=2) + "\n"
+        )
+    return summary
