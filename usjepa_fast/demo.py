@@ -3,13 +3,17 @@
 Each stage is a function ``stage(ctx: DemoContext) -> dict`` that reads what earlier stages left in
 ``ctx.state``, prints a short human summary through ``ctx.echo`` and returns a JSON-serialisable
 summary (collected in ``demo_summary.json``). Later parts of usfast append stages to :data:`STAGES`
-(train, export, embed, probe); the data stages come first:
+(train, export, embed, evaluate) after the data stages:
 
 1. ``synth``            synthesise an UltraBench-format dataset and drifting-probe clips
 2. ``ultrabench``       read every split back through :class:`UltraBenchDataset` + :class:`Preprocessor`
 3. ``folders``          the same files through the image- and video-folder readers (PyAV, DALI CPU)
 4. ``scan_regions``     automatic scan-region detection vs the true masks, with an overlay picture
 5. ``corpus``           the mixed pretraining corpus and its weighted sampler
+6. ``train``            SALT stage 1 (pixel teacher) and stage 2 (student), tiny CPU recipes
+7. ``export``           the student to ONNX, verified against PyTorch in ONNX Runtime
+8. ``embed``            the clips through the ONNX graph, redundant frames skipped
+9. ``evaluate``         linear probe + robustness: SALT student vs a random-init encoder
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class DemoContext:
     image_size: int = 256  # synthetic image side
     model_size: int = 224  # model input side used when reading the data back
     seed: int = 0
+    teacher_steps: int = 200  # stage-1 pixel teacher steps (tiny recipe)
+    student_steps: int = 300  # SALT student steps (tiny recipe)
     echo: Callable[[str], None] = print
     state: dict[str, Any] = field(default_factory=dict)  # objects handed from stage to stage
     summary: dict[str, Any] = field(default_factory=dict)  # stage name -> JSON summary
@@ -205,12 +211,98 @@ def stage_corpus(ctx: DemoContext) -> dict:
     return {"cap": cap, "members": rows}
 
 
+def stage_train(ctx: DemoContext) -> dict:
+    """SALT stage 1 (pixel teacher) then stage 2 (SALT student) with the tiny CPU recipes."""
+    from usjepa_fast.train.pipeline import pretrain_two_stage
+
+    result = pretrain_two_stage(
+        [ctx.state["ultrabench"]],
+        ctx.out_dir / "runs",
+        teacher_steps=ctx.teacher_steps,
+        student_steps=ctx.student_steps,
+        seed=ctx.seed,
+        progress=False,
+        resume=True,  # a re-run of the demo continues (or skips) finished stages
+    )
+    ctx.state["student"] = result.student_path
+    for label, run in (("teacher", result.teacher), ("student", result.student)):
+        ctx.echo(
+            f"  {label}: {run.step} steps, final loss {run.final_loss:.4f}, "
+            f"{run.images_per_s:.1f} img/s -> {run.run_dir}"
+        )
+    ctx.echo(f"  export-ready student: {result.student_path}")
+    return {
+        "teacher_final_loss": result.teacher.final_loss,
+        "student_final_loss": result.student.final_loss,
+        "student_best_val_loss": result.student.best_val_loss,
+        "student_images_per_s": round(result.student.images_per_s, 2),
+        "student": str(result.student_path),
+    }
+
+
+def stage_export(ctx: DemoContext) -> dict:
+    """The SALT student to ONNX, verified against PyTorch by ONNX Runtime before it is written."""
+    from usjepa_fast.export import export_onnx
+
+    res = export_onnx(ctx.state["student"], ctx.out_dir / "export" / "student.onnx", exporter="torchscript")
+    ctx.state["onnx"] = res.onnx_path
+    ctx.echo(
+        f"  {res.onnx_path} ({res.exporter}, {res.precision}): ORT vs PyTorch rel err {res.parity.rel_err:.1e}, "
+        f"min cosine {res.parity.cosine_min:.6f}"
+    )
+    return {"onnx": str(res.onnx_path), "rel_err": res.parity.rel_err, "cosine_min": res.parity.cosine_min}
+
+
+def stage_embed(ctx: DemoContext) -> dict:
+    """Every clip frame through the exported graph (ONNX Runtime), skipping near-identical frames."""
+    from usjepa_fast.embed import EmbedOptions, embed_folder, load
+
+    out = ctx.out_dir / "embeddings"
+    summary = embed_folder(
+        ctx.state["clips"],
+        out,
+        ctx.state["onnx"],
+        backend="onnx",
+        options=EmbedOptions(redundancy_threshold=1.0, progress=False),
+    )
+    features, index = load(out)
+    ctx.echo(
+        f"  {summary.files_embedded} clips, {summary.frames_embedded} frames embedded + "
+        f"{summary.frames_duplicate} redundant frames mapped to their representative, "
+        f"{summary.frames_per_s:.1f} frames/s on {summary.backend}; matrix {features.shape} -> {out}"
+    )
+    return {**summary.as_dict(), "matrix_shape": list(features.shape), "index_rows": len(index)}
+
+
+def stage_evaluate(ctx: DemoContext) -> dict:
+    """Linear probe + robustness: the SALT student against a random-init encoder of its architecture."""
+    from usjepa_fast.probe.compare import probe_report
+
+    student = str(ctx.state["student"])
+    report = probe_report(
+        ctx.state["ultrabench"],
+        [student, f"random:{student}"],
+        ctx.out_dir / "eval",
+        names=["SALT student", "random init"],
+        cache_dir=ctx.out_dir / "eval" / "cache",
+        echo=False,
+    )
+    ctx.echo(report.markdown)
+    task = report.tasks[0]
+    scores = {enc: report.cell(enc, task).test.summary().fmt() for enc in report.encoders}
+    return {"macro_f1": scores, "report": str(ctx.out_dir / "eval" / "report.md")}
+
+
 STAGES: list[tuple[str, Stage]] = [
     ("synth", stage_synth),
     ("ultrabench", stage_ultrabench),
     ("folders", stage_folders),
     ("scan_regions", stage_scan_regions),
     ("corpus", stage_corpus),
+    ("train", stage_train),
+    ("export", stage_export),
+    ("embed", stage_embed),
+    ("evaluate", stage_evaluate),
 ]
 
 
@@ -222,12 +314,23 @@ def run_demo(
     seed: int = 0,
     stages: Sequence[str] | None = None,
     echo: Callable[[str], None] = print,
+    teacher_steps: int = 200,
+    student_steps: int = 300,
 ) -> DemoContext:
     """Run the demo stages (all, or the named subset in order) into ``out_dir``; writes
     ``out_dir/demo_summary.json`` and returns the context with every stage's summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(out_dir=out_dir, n_images=n_images, n_clips=n_clips, image_size=image_size, seed=seed, echo=echo)
+    ctx = DemoContext(
+        out_dir=out_dir,
+        n_images=n_images,
+        n_clips=n_clips,
+        image_size=image_size,
+        seed=seed,
+        teacher_steps=teacher_steps,
+        student_steps=student_steps,
+        echo=echo,
+    )
     known = [name for name, _ in STAGES]
     wanted = list(stages) if stages is not None else known
     unknown = [s for s in wanted if s not in known]

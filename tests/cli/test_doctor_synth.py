@@ -53,13 +53,31 @@ def test_synth_bad_size_is_a_one_line_error(tmp_path) -> None:
 
 def test_demo_data_stages(tmp_path) -> None:
     out = tmp_path / "demo"
+    data_stages = ["synth", "ultrabench", "folders", "scan_regions", "corpus"]
     args = ["demo", "--out", str(out), "--n-images", "16", "--n-clips", "3", "--size", "96"]
+    args += [arg for name in data_stages for arg in ("--stage", name)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert list(summary) == ["synth", "ultrabench", "folders", "scan_regions", "corpus"]
+    assert list(summary) == data_stages
     assert summary["scan_regions"]["image_iou_mean"] >= 0.9
     assert summary["ultrabench"]["train"]["n"] + summary["ultrabench"]["test"]["n"] <= 16
     assert (out / "scan_regions.png").is_file()
     bad = runner.invoke(app, ["demo", "--out", str(out), "--stage", "nope"])
     assert bad.exit_code != 0 and "unknown demo stage" in str(bad.exception)
+
+
+def test_demo_whole_pipeline_tiny(tmp_path) -> None:
+    """`usfast demo` end to end (train, export, embed, evaluate) at a size that runs in a test."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n-images", "64", "--n-clips", "2", "--size", "128"]
+    args += ["--teacher-steps", "3", "--student-steps", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert list(summary)[-4:] == ["train", "export", "embed", "evaluate"]
+    assert (out / "runs" / "student" / "student.safetensors").is_file()
+    assert summary["export"]["cosine_min"] > 0.9999
+    assert summary["embed"]["index_rows"] == summary["embed"]["matrix_shape"][0] > 0
+    assert set(summary["evaluate"]["macro_f1"]) == {"SALT student", "random init"}
+    assert (out / "eval" / "report.md").is_file()

@@ -16,10 +16,20 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(256, "--size", help="Synthetic image side in pixels."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
         stage: list[str] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
+        teacher_steps: int = typer.Option(200, "--teacher-steps", help="Stage-1 pixel-teacher training steps."),
+        student_steps: int = typer.Option(300, "--student-steps", help="SALT student training steps."),
     ) -> None:
-        """Synthesise data, then read it back through the data layer (and the later stages) with a summary."""
+        """Whole pipeline on synthetic ultrasound: synth, data layer, SALT train, export, embed, probe."""
         from usjepa_fast.demo import run_demo
 
         run_demo(
-            out, n_images=n_images, n_clips=n_clips, image_size=size, seed=seed, stages=stage or None, echo=typer.echo
+            out,
+            n_images=n_images,
+            n_clips=n_clips,
+            image_size=size,
+            seed=seed,
+            stages=stage or None,
+            echo=typer.echo,
+            teacher_steps=teacher_steps,
+            student_steps=student_steps,
         )

@@ -201,6 +201,12 @@ def load_state_dict_flexible(
     ok = {k: v for k, v in state.items() if k in model_state and model_state[k].shape == v.shape}
     model.load_state_dict(ok, strict=False)
     report.loaded = len(ok)
-    log.debug("loaded %d tensors from %s (wrappers=%s, prefix=%r, dropped=%d)", len(ok), name,
-              wrapper_path, report.stripped_prefix, len(dropped))
+    log.debug(
+        "loaded %d tensors from %s (wrappers=%s, prefix=%r, dropped=%d)",
+        len(ok),
+        name,
+        wrapper_path,
+        report.stripped_prefix,
+        len(dropped),
+    )
     return report

@@ -141,8 +141,9 @@ def _build_for_pool(timm_name: str, pool: str, img_size: int | None) -> tuple[nn
         return build_timm_model(timm_name, plain), plain
 
 
-def _info_from_model(model: nn.Module, name: str, pool: str, source: str, source_hash: str,
-                     timm_name: str, timm_kwargs: dict[str, Any]) -> EncoderInfo:
+def _info_from_model(
+    model: nn.Module, name: str, pool: str, source: str, source_hash: str, timm_name: str, timm_kwargs: dict[str, Any]
+) -> EncoderInfo:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)
     img_size = getattr(patch_embed, "img_size", None)
@@ -221,8 +222,9 @@ def load_frozen_encoder(
                 kwargs.update(_vit_kwargs(pool))
             model = build_timm_model(declared.timm_name, kwargs)
             load_state_dict_flexible(model, path)
-            info = _info_from_model(model, declared.name, pool or declared.pool, str(path), file_sha256(path),
-                                    declared.timm_name, kwargs)
+            info = _info_from_model(
+                model, declared.name, pool or declared.pool, str(path), file_sha256(path), declared.timm_name, kwargs
+            )
             # the training run's normalisation, not timm's default (ImageNet) config
             info.mean, info.std = declared.mean, declared.std
             return FrozenEncoder(model, info)
