@@ -20,6 +20,15 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Test models are tiny: one intra-op thread beats two (and CI's two cores run other work too)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic dataset shared by the whole session (data layer owns it; keep it stable).

@@ -34,22 +34,11 @@ def _images(n: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from usjepa_fast.models import create
-    from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
 
     torch.manual_seed(123)
     t = create("usjepa_vit_tiny", img_size=SIZE, patch_size=4, embed_dim=32, depth=1, num_heads=2)
-    name, kwargs = t.timm_spec()
-    info = EncoderInfo(
-        name="teacher",
-        input_size=SIZE,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        pool="mean",
-        width=32,
-        patch_size=4,
-        timm_name=name,
-        timm_kwargs=kwargs,
-    )
+    info = t.encoder_info("teacher", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return save_export_ready(t, info, tmp_path_factory.mktemp("teacher") / "student.safetensors")
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import usjepa_fast.models.vit as vit_mod
 from usjepa_fast.errors import UsfastError
 from usjepa_fast.models import Predictor, apply_masks, create, list_models
-from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+from usjepa_fast.models.frozen import save_export_ready
 
 TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2)
 
@@ -59,18 +59,7 @@ def test_pos_embed_is_fixed_sincos_and_frozen() -> None:
 
 def test_export_loads_into_timm_with_same_features(tmp_path) -> None:
     s = _student()
-    name, kwargs = s.timm_spec()
-    info = EncoderInfo(
-        name="t",
-        input_size=64,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        pool="mean",
-        width=64,
-        patch_size=16,
-        timm_name=name,
-        timm_kwargs=kwargs,
-    )
+    info = s.encoder_info("t", (0.5,) * 3, (0.25,) * 3)
     path = save_export_ready(s, info, tmp_path / "student.safetensors")
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["timm_kwargs"]["class_token"] is False and sidecar["timm_kwargs"]["global_pool"] == "avg"

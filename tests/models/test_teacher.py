@@ -86,21 +86,10 @@ def test_wrong_checkpoint_lists_missing_keys(tmp_path, source_vit) -> None:
 
 
 def test_usfast_export_as_teacher_needs_matching_grid(tmp_path) -> None:
-    from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
 
     s = create("usjepa_vit_tiny", img_size=64, patch_size=16, embed_dim=64, depth=1, num_heads=2)
-    name, kwargs = s.timm_spec()
-    info = EncoderInfo(
-        name="s",
-        input_size=64,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        pool="mean",
-        width=64,
-        patch_size=16,
-        timm_name=name,
-        timm_kwargs=kwargs,
-    )
+    info = s.encoder_info("s", (0.5,) * 3, (0.25,) * 3)
     path = save_export_ready(s, info, tmp_path / "student.safetensors")
     teacher = frozen_teacher(str(tmp_path), None, grid=(4, 4))  # run dir resolves to student.safetensors
     assert teacher.width == 64

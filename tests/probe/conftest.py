@@ -7,15 +7,6 @@ import torch
 from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores are shared by the whole suite; one intra-op thread avoids oversubscription.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class CountingEncoder(nn.Module):
     """Wraps a FrozenEncoder and counts forward calls / images, to prove cached features are reused."""
 

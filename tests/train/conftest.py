@@ -75,29 +75,9 @@ def tiny_data() -> tuple[TensorImageDataset, TensorImageDataset]:
 def random_teacher(tmp_path: Path) -> Path:
     """An export-ready frozen teacher of another width (48) than the tiny students (32)."""
     from usjepa_fast.models import create
-    from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
 
     torch.manual_seed(123)
     t = create("usjepa_vit_tiny", img_size=SIZE, patch_size=4, embed_dim=48, depth=1, num_heads=2)
-    name, kwargs = t.timm_spec()
-    info = EncoderInfo(
-        name="teacher",
-        input_size=SIZE,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        pool="mean",
-        width=48,
-        patch_size=4,
-        timm_name=name,
-        timm_kwargs=kwargs,
-    )
+    info = t.encoder_info("teacher", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return save_export_ready(t, info, tmp_path / "teacher" / "student.safetensors")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls are 10x slower with 2 threads on a shared 2-core box; one thread is fastest."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

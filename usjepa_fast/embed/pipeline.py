@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -249,6 +249,16 @@ def _worker(prep: _Preparer, todo: queue.Queue, out: queue.Queue) -> None:
             out.put(_Fail(fid, f"{src.path}: unexpected {exc.__class__.__name__}: {exc}"))
 
 
+def _resolve_decoder(name: str, device: Any) -> str:
+    """``auto``: NVDEC through DALI when the encoder runs on a GPU and DALI can use it (frames never
+    leave the GPU), else PyAV on the CPU (DALI's CPU decoder refuses H.264/MPEG-4)."""
+    if name != "auto" or getattr(device, "type", "cpu") != "cuda":
+        return name
+    from usjepa_fast.embed.dali_gpu import dali_gpu_available
+
+    return "dali-gpu" if dali_gpu_available() else "pyav"
+
+
 def _make_decoder(name: str) -> Any:
     from usjepa_fast.data.video import get_decoder
 
@@ -469,6 +479,7 @@ def _run(
 
     sampling = FrameSampling(every_k=opts.every_k, fps=opts.fps, max_frames=opts.max_frames)
     device = b.device
+    opts = replace(opts, decoder=_resolve_decoder(opts.decoder, device))
     decoder = _make_decoder(opts.decoder)
     n_workers = opts.decode_workers or (max(1, min(8, cpus // 2)) if device.type == "cuda" else max(1, cpus // 4))
     prep = _Preparer(b.info, opts, device, decoder, sampling)

@@ -15,6 +15,7 @@ with no key mapping. Two things differ from timm:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 from usjepa_fast.kernels import masked_attention
+from usjepa_fast.models.frozen import EncoderInfo
 from usjepa_fast.models.pos_embed import sincos_2d
 
 
@@ -120,6 +122,22 @@ class VisionTransformer(TimmVisionTransformer):
     def timm_spec(self) -> tuple[str, dict[str, Any]]:
         """(timm name, kwargs) that rebuild this module's exact state-dict layout in timm."""
         return self.timm_name, dict(self._timm_kwargs)
+
+    def encoder_info(self, name: str, mean: Sequence[float], std: Sequence[float]) -> EncoderInfo:
+        """How frozen consumers (export, embed, probe) feed and pool this student (the sidecar)."""
+        timm_name, timm_kwargs = self.timm_spec()
+        return EncoderInfo(
+            name=name,
+            input_size=int(self.patch_embed.img_size[0]),
+            mean=tuple(float(m) for m in mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in std),  # type: ignore[arg-type]
+            pool="mean",  # no class token: JEPA students are read out by mean pooling
+            width=self.embed_dim,
+            patch_size=int(self.patch_embed.patch_size[0]),
+            num_prefix_tokens=0,
+            timm_name=timm_name,
+            timm_kwargs=timm_kwargs,
+        )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, N, D) patch tokens with position embedding."""

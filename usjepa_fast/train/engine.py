@@ -477,20 +477,10 @@ class Trainer:
         """Write the export-ready ``student.safetensors`` + ``student.json`` (timm-loadable)."""
         if not self.dist.is_main:
             return None
-        from usjepa_fast.models.frozen import EncoderInfo, save_export_ready
+        from usjepa_fast.models.frozen import save_export_ready
 
-        timm_name, timm_kwargs = self.student.timm_spec()
-        info = EncoderInfo(
-            name=f"usfast-{self.cfg.objective.kind}-{self.cfg.model.student}",
-            input_size=self.cfg.data.image_size,
-            mean=tuple(self.cfg.data.mean),
-            std=tuple(self.cfg.data.std),
-            pool="mean",
-            width=self.student.embed_dim,
-            patch_size=self.cfg.model.patch_size,
-            num_prefix_tokens=0,
-            timm_name=timm_name,
-            timm_kwargs=timm_kwargs,
+        info = self.student.encoder_info(
+            f"usfast-{self.cfg.objective.kind}-{self.cfg.model.student}", self.cfg.data.mean, self.cfg.data.std
         )
         return save_export_ready(self.student, info, self.run_dir / "student.safetensors")
 
