@@ -126,7 +126,7 @@ def render_mask_preview(
         )
         ax.set_title(f"{name[:28]}\nctx {masks.context_idx.shape[1]}  tgt {masks.num_target_blocks}x{kt}", fontsize=8)
     mode = f"USrc tau={cfg.tau}" if cfg.usrc else "I-JEPA (no USrc)"
-    fig.suptitle(f"{mode}: blue = context, colours = target blocks, hatched = outside scan region", fontsize=10)
+    fig.suptitle(f"{mode}\nblue = context, colours = targets\nhatched = outside scan region", fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
