@@ -346,7 +346,7 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
         cfg, accum = self.cfg, self.cfg.optim.grad_accum
         self.model.train()
-        total_loss = 0.0
+        total_loss = torch.zeros((), device=self.device)  # summed on device: one host sync per step
         n_images = 0
         for micro in range(accum):
             batch = self.next_batch()
@@ -366,7 +366,7 @@ class Trainer:
                 # Phase 3: loss (float32 inside the kernel).
                 loss = self.loss(pred, targets, tgt_idx)
                 (loss / accum).backward()
-            total_loss += float(loss.detach())
+            total_loss += loss.detach()
             n_images += images.shape[0]
 
         # Phase 4: optimizer step with scheduled lr / weight decay, clipping and EMA.
@@ -387,7 +387,7 @@ class Trainer:
             self.teacher.ema_update(self.student, momentum)
         self.step += 1
         return {
-            "loss": total_loss / accum,
+            "loss": float(total_loss) / accum,
             "lr": lr,
             "wd": wd,
             "grad_norm": grad_norm,
