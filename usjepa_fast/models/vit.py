@@ -72,7 +72,9 @@ class VisionTransformer(TimmVisionTransformer):
         learnable_pos_embed: bool = False,
         timm_name: str = "vit_base_patch16_224",
     ) -> None:
-        super().__init__(
+        # Exactly the kwargs that rebuild this layout in timm (the export-ready sidecar stores them);
+        # only the attention layer differs, and it has the same parameters as timm's.
+        timm_kwargs: dict[str, Any] = dict(
             img_size=img_size,
             patch_size=patch_size,
             embed_dim=embed_dim,
@@ -80,27 +82,14 @@ class VisionTransformer(TimmVisionTransformer):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias,
-            drop_path_rate=drop_path_rate,
             class_token=False,
             global_pool="avg",
             fc_norm=False,
             num_classes=0,
-            attn_layer=KernelAttention,
         )
+        super().__init__(**timm_kwargs, drop_path_rate=drop_path_rate, attn_layer=KernelAttention)
         self.timm_name = timm_name
-        self._timm_kwargs: dict[str, Any] = dict(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            class_token=False,
-            global_pool="avg",
-            fc_norm=False,
-            num_classes=0,
-        )
+        self._timm_kwargs = timm_kwargs
         self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         # I-JEPA uses fixed sin-cos position embeddings in the encoder; the tensor stays a
         # Parameter (frozen) so the key and shape are exactly timm's.
