@@ -38,17 +38,12 @@ def register(app: typer.Typer) -> None:
             return
         from usjepa_fast.cli.probe import _seeds
         from usjepa_fast.probe.compare import EvalConfig, compare
-        from usjepa_fast.probe.corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+        from usjepa_fast.probe.corruptions import parse_corruptions
         from usjepa_fast.probe.fewshot import parse_fractions
 
         if not encoder or not dataset:
             raise UsfastError("pass at least one --encoder and one --dataset (or --list-zoo)")
-        if corruptions == "all":
-            names = tuple(CORRUPTIONS)
-        elif corruptions == "paper":
-            names = PAPER_CORRUPTIONS
-        else:
-            names = tuple(c.strip() for c in corruptions.split(",") if c.strip())
+        names = parse_corruptions(corruptions)
         cfg = EvalConfig(
             preset=preset,
             seeds=_seeds(seeds),

@@ -33,17 +33,9 @@ def register(app: typer.Typer) -> None:
         from usjepa_fast.cli.probe import _seeds
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.probe.compare import EvalConfig, compare
-        from usjepa_fast.probe.corruptions import CORRUPTIONS, PAPER_CORRUPTIONS
+        from usjepa_fast.probe.corruptions import parse_corruptions
 
-        if corruptions == "all":
-            names = tuple(CORRUPTIONS)
-        elif corruptions == "paper":
-            names = PAPER_CORRUPTIONS
-        else:
-            names = tuple(c.strip() for c in corruptions.split(",") if c.strip())
-            unknown = [c for c in names if c not in CORRUPTIONS]
-            if unknown:
-                raise UsfastError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
+        names = parse_corruptions(corruptions)
         try:
             sev = tuple(int(s) for s in severities.split(","))
         except ValueError:

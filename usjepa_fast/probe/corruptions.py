@@ -212,6 +212,32 @@ def corrupt(
     return torch.where(m > 0, y, x)  # outside the scan region: untouched
 
 
+def parse_corruptions(spec: str) -> tuple[str, ...]:
+    """``"all"``, ``"paper"`` (blur, contrast, speckle) or a comma-separated list of names."""
+    if spec == "all":
+        return tuple(CORRUPTIONS)
+    if spec == "paper":
+        return PAPER_CORRUPTIONS
+    names = tuple(c.strip() for c in spec.split(",") if c.strip())
+    unknown = [c for c in names if c not in CORRUPTIONS]
+    if unknown or not names:
+        raise UsfastError(f"unknown corruption(s) {unknown or [spec]}; choose from {', '.join(CORRUPTIONS)}")
+    return names
+
+
+def _column_title(j: int) -> str:
+    return "clean" if j == 0 else f"severity {j}"
+
+
+def _show(ax, img: torch.Tensor, title: str | None) -> None:
+    """One grayscale panel of an example grid (no ticks; a column title on the first row)."""
+    ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+
+
 def save_corruption_grids(
     images: torch.Tensor,
     out_dir: str | Path,
@@ -240,12 +266,7 @@ def save_corruption_grids(
         for i in range(n):
             row = [x[i]] + [p[i] for p in panels[name]]
             for j, img in enumerate(row):
-                ax = axes[i][j]
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title("clean" if j == 0 else f"severity {j}", fontsize=9)
+                _show(axes[i][j], img, _column_title(j) if i == 0 else None)
         fig.suptitle(name, fontsize=11)
         fig.tight_layout()
         path = out / f"{name}.png"
@@ -255,14 +276,8 @@ def save_corruption_grids(
     fig, axes = plt.subplots(len(names), 4, figsize=(8, 2 * len(names)), squeeze=False)
     for i, name in enumerate(names):
         for j, img in enumerate([x[0]] + [p[0] for p in panels[name]]):
-            ax = axes[i][j]
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title("clean" if j == 0 else f"severity {j}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=8)
+            _show(axes[i][j], img, _column_title(j) if i == 0 else None)
+        axes[i][0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     path = out / "overview.png"
     fig.savefig(path, dpi=80)

@@ -13,6 +13,15 @@ from pathlib import Path
 from usjepa_fast.probe.metrics import MeanStd
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -40,12 +49,7 @@ def plot_fewshot(curves: Mapping[str, Mapping[float, MeanStd]], path: str | Path
     ax.set_title(title or "few-shot linear probe")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_robustness(
@@ -84,9 +88,4 @@ def plot_robustness(
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title or "robustness of frozen features (probe trained on clean images)", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
