@@ -7,13 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from data_helpers import CONTAINERS, moving_frames, write_clip
 from PIL import Image
+from support.media import CONTAINERS, moving_frames, write_clip
 
-from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset, clip_timestamps
+from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
 from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
 from usjepa_fast.data.scan_region import mask_iou
-from usjepa_fast.data.video import FrameSampling, PyAVDecoder
+from usjepa_fast.data.video import FrameSampling, PyAVDecoder, clip_timestamps
 from usjepa_fast.errors import DataError
 
 

@@ -23,8 +23,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, tests_dir: str) -> N
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    sys.path.insert(0, tests_dir)
-    from conftest import fan_validity, smooth_images, tiny_cfg
+    sys.path.insert(0, tests_dir)  # spawned workers import the shared helpers like the parent
+    from support.train import fan_validity, smooth_images, tiny_cfg
 
     from usjepa_fast.train.data import TensorImageDataset
     from usjepa_fast.train.engine import Trainer, run
