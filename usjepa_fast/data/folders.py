@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from usjepa_fast.data.media import list_media, read_image_gray
 from usjepa_fast.data.preprocess import Preprocessor
 from usjepa_fast.data.scan_region import ScanMaskCache, load_mask
-from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler
+from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler, clip_timestamps
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
@@ -260,30 +260,3 @@ class VideoFrameDataset(_FolderBase):
             "timestamp": float(timestamp),
         }
         return self._finish(gray, mask, extra)
-
-
-def clip_timestamps(path: str | Path) -> list[float]:
-    """Presentation timestamps (s, display order) of every frame of a clip, from packets only (no decode)."""
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"video {path} does not exist")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path} has no video stream; remove it")
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else 0.0
-            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
-    except av.FFmpegError as exc:
-        raise DataError(f"video {path} cannot be read ({exc.__class__.__name__}); re-encode or remove it") from None
-    if not pts:
-        raise DataError(f"video {path} has no frames; re-encode or remove it")
-    pts.sort()
-    if tb is None:
-        return [i / fps if fps else float(i) for i in range(len(pts))]
-    start = pts[0]
-    return [float((p - start) * tb) for p in pts]
