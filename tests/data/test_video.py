@@ -152,6 +152,18 @@ def test_dali_uses_real_timestamps_and_decodes_only_kept_frames(tmp_path) -> Non
 
 
 @dali
+def test_dali_bad_clip_is_a_data_error_and_the_decoder_keeps_working(synth_root, tmp_path) -> None:
+    good = synth_root / "clips" / "clip_001.webm"
+    bad = tmp_path / "bad.webm"
+    data = good.read_bytes()
+    bad.write_bytes(data[:200] + bytes(len(data) - 200))  # header kept, frames zeroed
+    dec = DaliCpuDecoder()
+    with pytest.raises(DataError, match="bad.webm"):
+        list(dec.frames(bad))
+    assert len(list(dec.frames(good, FrameSampling(max_frames=2)))) == 2
+
+
+@dali
 def test_dali_registry_entry_falls_back_to_pyav_per_file(synth_root) -> None:
     clips = synth_root / "clips"
     dec = get_decoder("dali")

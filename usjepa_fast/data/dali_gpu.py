@@ -82,7 +82,7 @@ class DaliGpuDecoder:
 
     def _pipeline(self) -> DaliClipPipeline:
         pipe = getattr(self._local, "pipe", None)
-        if pipe is None:
+        if pipe is None or pipe.broken:
             pipe = self._local.pipe = DaliClipPipeline("mixed", self.device.index, self.num_threads)
         return pipe
 

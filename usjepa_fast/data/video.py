@@ -325,11 +325,13 @@ class DaliClipPipeline:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             if selects:
                 wanted = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-                return op(encoded, device=device, frames=wanted)
+                # pad_mode="none": an index past the end is an error (a truncated clip), not black frames
+                return op(encoded, device=device, frames=wanted, pad_mode="none")
             return op(encoded, device=device)
 
         self.pipe = pipe()
         self.pipe.build()
+        self.broken = False  # set after a failed clip: the owner builds a fresh pipeline
 
     def decode(self, path: Path, indices: list[int]):  # -> DALI TensorList of one sample
         data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
@@ -341,9 +343,12 @@ class DaliClipPipeline:
                 self.pipe.feed_input("frames", [np.asarray(indices, dtype=np.int32)])
             (out,) = self.pipe.run()
         except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for corrupt streams
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            self.broken = True
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "Critical error" not in ln), lines[0] if lines else "")
             raise DataError(
-                f"video {path} cannot be decoded by DALI ({first[:200]}); re-encode it or use --decoder pyav"
+                f"video {path} cannot be decoded by DALI ({first[:200] or exc.__class__.__name__}); "
+                "re-encode it or use --decoder pyav"
             ) from None
         return out
 
@@ -384,7 +389,7 @@ class DaliCpuDecoder:
 
     def _pipeline(self) -> DaliClipPipeline:
         pipe = getattr(self._local, "pipe", None)
-        if pipe is None:
+        if pipe is None or pipe.broken:
             pipe = self._local.pipe = DaliClipPipeline("cpu", None, self.num_threads)
         return pipe
 
