@@ -15,7 +15,7 @@ ARCH = "vit_tiny_patch16_224"  # width 192, patch 16
 @pytest.fixture(scope="module")
 def source_vit() -> torch.nn.Module:
     torch.manual_seed(1)
-    # the layout load_frozen_encoder builds for a raw checkpoint: class token kept, avg pool, no fc_norm
+    # the layout resolve_encoder builds for a raw checkpoint: class token kept, avg pool, no fc_norm
     return timm.create_model(
         ARCH, pretrained=False, img_size=64, num_classes=0, global_pool="avg", fc_norm=False
     ).eval()
