@@ -173,7 +173,10 @@ class OnnxBackend:
             if "CUDAExecutionProvider" in avail:
                 gpu.append(("CUDAExecutionProvider", {"device_id": dev_id}))
             if not gpu:
-                raise BackendUnavailableError("this onnxruntime has no CUDA provider; pip install onnxruntime-gpu")
+                raise BackendUnavailableError(
+                    "this onnxruntime has no CUDA provider; pip uninstall -y onnxruntime onnxruntime-gpu && "
+                    "pip install onnxruntime-gpu (the CPU and GPU wheels cannot coexist)"
+                )
             providers = gpu + providers
         try:
             self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)

@@ -364,10 +364,11 @@ def _check_pool(pool: str | None) -> None:
 
 
 def _refuse_runtime(spec: EncoderSpec) -> UsfastError:
-    kind = "ONNX" if (spec.path and spec.path.suffix.lower() == ".onnx") else "TensorRT"
+    kind = "an ONNX" if (spec.path and spec.path.suffix.lower() == ".onnx") else "a TensorRT"
     return UsfastError(
-        f"{spec.text} is an {kind} file: embed / probe / robustness / compare run it (embed.backends.open_backend), "
-        "but this needs the PyTorch encoder; pass the checkpoint or run dir it was exported from"
+        f"{spec.text} is {kind} file: embed / probe / robustness / compare run it (embed.backends.open_backend), "
+        "but this needs the PyTorch encoder; pass the checkpoint or run dir it was exported from "
+        "(`usfast export --check FILE` verifies an existing export)"
     )
 
 
