@@ -7,13 +7,17 @@
   anechoic cysts and shadows that are dark but inside the region). Clips: pixels whose values change
   over time are anatomy (burned-in text and UI are static), so the temporal standard deviation is
   combined with the mean frame before the same steps.
+* :func:`detect_clip_region` is the clip rule: frames spread over a clip, blank and dark ones
+  (black leads, fades, title cards) dropped, then :func:`detect_scan_region` on the rest.
 * :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking needs.
-* :class:`ScanMaskCache` stores masks as PNG next to the data (or in a cache dir) so detection runs once.
+* :class:`ScanMaskCache` stores detected masks as PNG in the cache dir so detection runs once.
+
+Which frames of a clip, and the order sidecar > cache > detection, are decided in one place:
+``usjepa_fast.data.clips.scan_mask`` (this module never decodes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +29,14 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from usjepa_fast.data.cache import cache_root, entry_name, file_key, publish
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
 
-# Bump when the detector changes so cached masks are recomputed.
-DETECTOR_VERSION = 1
+# Bump when the detector (or the clip rule) changes so cached masks are recomputed.
+# 2: clip masks from frames spread over the whole clip with blank/dark frames dropped.
+DETECTOR_VERSION = 2
 _WORK_SIDE = 256  # detection runs at this resolution (long side); the hull is drawn at full size
 
 
@@ -183,10 +189,52 @@ def detect_scan_region(frames: np.ndarray, keep_ratio: float = 0.25) -> np.ndarr
     return out
 
 
-def _file_key(path: Path) -> str:
-    st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{DETECTOR_VERSION}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+def usable_frames(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W)`` -> the frames that show the display as it usually is: blank or flat frames (a
+    black lead-in, a uniform title card) and frames much darker than the clip's bright frames (fades
+    from black, text cards on black) are dropped; they would make static UI look like motion. Returns
+    ``(T', H, W)`` with ``T' >= 0``."""
+    orig = np.asarray(frames)
+    arr = orig
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        return arr
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) and float(arr.max(initial=0)) <= 1.0:
+        arr = arr * 255.0
+    flat = arr.reshape(arr.shape[0], -1)
+    step = max(1, flat.shape[1] // 65536)  # a strided sample of pixels is plenty for two statistics
+    sample = flat[:, ::step].astype(np.float32)
+    brightness = sample.mean(axis=1)
+    spread = sample.std(axis=1)
+    # The clip's usual level: a high percentile, so a lead-in of blank frames (even most of the
+    # samples) does not drag it down, yet one flash frame does not set it.
+    bright = float(np.percentile(brightness, 75 if len(brightness) < 8 else 90))
+    keep = (spread >= 2.0) & (brightness >= 0.5 * bright) & (brightness > 1.0)
+    return orig[keep]
+
+
+def detect_clip_region(frames: np.ndarray) -> np.ndarray:
+    """Scan region of a clip from frames ``(T, H, W)`` spread over it -> bool ``(H, W)``.
+
+    Blank and dark frames are dropped first (:func:`usable_frames`); on the rest, the temporal mean and
+    standard deviation find the region (:func:`detect_scan_region`). All-False when no frame is usable.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape[1:]) < 8:
+        raise DataError(f"detect_clip_region expects (T, H, W) frames with sides >= 8, got shape {arr.shape}")
+    usable = usable_frames(arr)
+    if usable.shape[0] == 0:
+        return np.zeros(arr.shape[1:], dtype=bool)
+    return detect_scan_region(usable)
+
+
+def sidecar_mask_path(path: str | Path) -> Path:
+    """Where a provided scan mask for media ``path`` lives: ``<stem>.scanmask.png`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scanmask.png")
 
 
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
@@ -210,28 +258,29 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 
 class ScanMaskCache:
-    """Detected masks cached as PNGs keyed by (path, size, mtime, detector version).
+    """Detected masks cached as PNGs keyed by (resolved path, size, mtime, detector version).
 
-    ``cache_dir=None`` stores ``<media file>.scanmask.png`` next to the data; if that folder is
-    read-only the mask goes to ``~/.cache/usfast/scan_masks`` instead.
+    Default: ``<cache root>/scan_masks/<stem>-<key>.scanmask.png`` (``data.cache.cache_root``), never
+    in the data folder. ``beside=True`` (asked for explicitly, e.g. ``--mask-cache beside``) stores a
+    hidden ``.<stem>-<key>.scanmask.png`` next to the media file instead, falling back to the cache dir
+    when that folder is read-only.
     """
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+    def __init__(self, cache_dir: str | Path | None = None, beside: bool = False) -> None:
+        self.dir = cache_root(cache_dir) / "scan_masks"
+        self.beside = beside
         self.hits = 0
         self.misses = 0
 
     def _candidates(self, path: Path) -> list[Path]:
-        key = _file_key(path)
-        name = f"{path.stem}-{key}.scanmask.png"
-        if self.cache_dir is not None:
-            return [self.cache_dir / name]
-        return [path.with_name(f".{name}"), Path.home() / ".cache" / "usfast" / "scan_masks" / name]
+        name = entry_name(path, file_key(path, f"v{DETECTOR_VERSION}"), ".scanmask.png")
+        cached = self.dir / name
+        return [path.with_name(f".{name}"), cached] if self.beside else [cached]
 
-    def get(self, path: str | Path, frames_fn: Callable[[], np.ndarray]) -> np.ndarray:
-        """Mask for media ``path``: cached if present, else ``detect_scan_region(frames_fn())`` and stored.
+    def get(self, path: str | Path, detect: Callable[[], np.ndarray]) -> np.ndarray:
+        """Mask of media ``path``: the cached one, else ``detect()`` (a bool ``(H, W)`` mask), stored.
 
-        ``frames_fn`` returns ``(H, W)`` or ``(T, H, W)`` frames; it is only called on a cache miss.
+        ``detect`` only runs on a miss.
         """
         path = Path(path)
         if not path.exists():
@@ -244,16 +293,12 @@ class ScanMaskCache:
                     self.hits += 1
                     return mask
                 except DataError:
-                    log.warning("ignoring unreadable cached scan mask %s", c)
+                    log.debug("ignoring unreadable cached scan mask %s", c)
         self.misses += 1
-        mask = detect_scan_region(frames_fn())
+        mask = np.asarray(detect(), dtype=bool)
         for c in candidates:
-            try:
-                c.parent.mkdir(parents=True, exist_ok=True)
-                save_mask(mask, c)
+            if publish(c, lambda tmp: save_mask(mask, tmp)):
                 break
-            except OSError:
-                continue
         return mask
 
 
