@@ -225,7 +225,7 @@ class VideoFrameDataset(_FolderBase):
         self.decoder: VideoDecoder = decoder or PyAVDecoder()
         self.clip_cache = max(1, clip_cache)
         self._decoded: OrderedDict[Path, dict[int, tuple[float, np.ndarray]]] = OrderedDict()
-        n_listed = len(self.files)
+        n_listed = len(self.files) + len(self.unreadable_files)  # entries found, readable or not
         index: list[tuple[int, int, float]] = []  # (file id, frame index, timestamp)
         clip_labels: list[int] = []
         kept_files: list[Path] = []
@@ -251,7 +251,9 @@ class VideoFrameDataset(_FolderBase):
             self._file_starts.append(len(index))
             index.extend((fid, i, clip.timestamps[i]) for i in picked)
         if self.unreadable_files:
-            log.warning("%s: %d of %d clips unreadable and skipped", self.root, len(self.unreadable_files), n_listed)
+            log.warning(
+                "%s: %d of %d video entries unreadable and skipped", self.root, len(self.unreadable_files), n_listed
+            )
         if not index:
             raise DataError(
                 f"{self.root}: no decodable video frames (unreadable clips: {len(self.unreadable_files)}); "

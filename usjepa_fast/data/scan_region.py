@@ -5,8 +5,8 @@
   caliper lines so those detach, then the large connected component(s) and their convex hull (fans
   and rectangles are convex up to the shallow arc at a convex probe's skin line; the hull also fills
   anechoic cysts and shadows that are dark but inside the region). Clips: pixels whose values change
-  over time are anatomy (burned-in text and UI are static), so the temporal standard deviation is
-  combined with the mean frame before the same steps.
+  over time are anatomy (burned-in text and UI are static), so the temporal standard deviation and
+  maximum are combined with the mean frame before the same steps.
 * :func:`detect_clip_region` is the clip rule: frames spread over a clip, blank and dark ones
   (black leads, fades, title cards) dropped, then :func:`detect_scan_region` on the rest.
 * :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking needs.
@@ -35,7 +35,7 @@ from usjepa_fast.errors import DataError
 log = logging.getLogger("usfast")
 
 # Bump when the detector (or the clip rule) changes so cached masks are recomputed.
-# 2: clip masks from frames spread over the whole clip with blank/dark frames dropped.
+# 2: clip masks from frames spread over the whole clip, blank/dark frames dropped, temporal max added.
 DETECTOR_VERSION = 2
 _WORK_SIDE = 256  # detection runs at this resolution (long side); the hull is drawn at full size
 
@@ -90,13 +90,14 @@ def _downsample(stack: np.ndarray) -> tuple[np.ndarray, float]:
     return x, float(factor)
 
 
-def _foreground(mean_img: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+def _foreground(mean_img: np.ndarray, motion: np.ndarray | None, peak: np.ndarray | None = None) -> np.ndarray:
     """Work-resolution boolean foreground before morphology.
 
     Intensity: the median-filtered mean frame above the display's background level (estimated, since
     some exports use dark grey rather than black) plus a margin. Clips add motion: deep, attenuated
     anatomy can be almost as dark as the background but still changes from frame to frame, while
     burned-in text and UI never change, so moving pixels are added and static bright ones removed.
+    ``peak`` (the temporal max) adds signal that only some frames show.
     """
     side = min(mean_img.shape)
     k = max(3, (side // 48) | 1)  # 5 at the 256-px working size: wider than 1-2 px strokes
@@ -126,6 +127,11 @@ def _foreground(mean_img: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
     fg |= ndimage.binary_erosion(textured, structure=_disc(max(1, k // 2)))
     if motion is None:
         return fg
+    if peak is not None:
+        # The fan's dark edges drop in and out from frame to frame (contact, attenuation): the mean
+        # misses them, the temporal max keeps them. Eroded by 2 px so the max's halo (speckle and codec
+        # ringing at the edge) does not grow the region; static UI is removed below as for the mean.
+        fg |= ndimage.binary_erosion(_foreground(peak, None), structure=_disc(2))
     mot = ndimage.median_filter(motion, size=k)
     p95 = float(np.percentile(mot, 95))
     moving = mot > max(1.0, 0.08 * p95)
@@ -160,7 +166,8 @@ def detect_scan_region(frames: np.ndarray, keep_ratio: float = 0.25) -> np.ndarr
     small, _ = _downsample(arr)  # (T, h, w)
     mean_img = small.mean(axis=0)
     motion = small.std(axis=0) if small.shape[0] >= 3 else None
-    fg = _foreground(mean_img, motion)
+    peak = small.max(axis=0) if motion is not None else None
+    fg = _foreground(mean_img, motion, peak)
 
     side = min(mean_img.shape)
     # Opening radius ~ 2.5% of the side: wider than text strokes, caliper marks and 1-2 px UI lines
