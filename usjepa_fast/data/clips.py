@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,6 +154,14 @@ def _store_index(entry: Path, index: ClipIndex) -> None:
     publish(entry, lambda tmp: tmp.write_text(json.dumps(asdict(index))))
 
 
+def _new_index(path: Path, entry: Path, times: list[float], stopped: str | None, decoder_name: str) -> ClipIndex:
+    """The index of a clip just decoded (timestamps + why it stopped), with the container's claims; stored."""
+    listed, trimmed = _container_counts(path)
+    index = ClipIndex(tuple(times), max(listed, len(times)), trimmed, stopped, decoder_name)
+    _store_index(entry, index)
+    return index
+
+
 def _report(path: Path, key: str, index: ClipIndex) -> None:
     if (index.shortfall or index.stopped) and key not in _reported:
         _reported.add(key)
@@ -171,12 +181,37 @@ def clip_index(path: str | Path, decoder: VideoDecoder | None = None, cache_dir:
     key, entry = _index_entry(path, decoder.name, cache_dir)
     index = _read_index(entry)
     if index is None:
-        times, stopped = _decode_times(path, decoder)
-        listed, trimmed = _container_counts(path)
-        index = ClipIndex(tuple(times), max(listed, len(times)), trimmed, stopped, decoder.name)
-        _store_index(entry, index)
+        index = _new_index(path, entry, *_decode_times(path, decoder), decoder.name)
     _report(path, key, index)
     return index
+
+
+def clip_indexes(
+    paths: list[Path],
+    decoder: VideoDecoder | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> list[ClipIndex | DataError]:
+    """:func:`clip_index` of many clips, in order; a clip that cannot be indexed gives its ``DataError``.
+
+    Cache misses decode on up to ``workers`` threads (default: the CPU count, at most 8; FFmpeg
+    decodes without the GIL), so indexing a large folder the first time scales with the cores.
+    Decoders other than PyAV are indexed one clip at a time (their thread safety is their own).
+    """
+    decoder = decoder or PyAVDecoder()
+
+    def one(path: Path) -> ClipIndex | DataError:
+        try:
+            return clip_index(path, decoder, cache_dir)
+        except DataError as exc:
+            return exc
+
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) <= 1 or not isinstance(decoder, PyAVDecoder):
+        return [one(Path(p)) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="usfast-index") as pool:
+        return list(pool.map(one, [Path(p) for p in paths]))
 
 
 def spread_positions(n: int, k: int) -> list[int]:
@@ -233,10 +268,7 @@ def spread_frames(path: str | Path, k: int, cache_dir: str | Path | None = None)
     times, stopped = _decode_times(path, decoder, keeper)
     key, entry = _index_entry(path, decoder.name, cache_dir)
     if not entry.is_file():
-        listed, trimmed = _container_counts(path)
-        index = ClipIndex(tuple(times), max(listed, len(times)), trimmed, stopped, decoder.name)
-        _store_index(entry, index)
-        _report(path, key, index)
+        _report(path, key, _new_index(path, entry, times, stopped, decoder.name))
     return [Frame(index=i, timestamp=t, image=_frame_to_gray(f)) for i, t, f in keeper.pick(len(times))]
 
 

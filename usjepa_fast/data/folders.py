@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from usjepa_fast.data.clips import MASK_CACHE_MODES, ClipIndex, clip_index, scan_mask
+from usjepa_fast.data.clips import MASK_CACHE_MODES, ClipIndex, clip_indexes, scan_mask
 from usjepa_fast.data.media import find_media, log_problems, read_image_gray
 from usjepa_fast.data.preprocess import Preprocessor
 from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler
@@ -232,12 +232,11 @@ class VideoFrameDataset(_FolderBase):
         self.clip_indexes: list[ClipIndex] = []
         self.short_clips: dict[str, ClipIndex] = {}
         self._file_starts: list[int] = []  # first item of each kept clip
-        for path, label in zip(self.files, self._file_labels, strict=True):
-            try:
-                clip = clip_index(path, self.decoder, cache_dir)
-            except DataError as exc:
-                self.unreadable_files[str(path)] = str(exc)
-                log.warning("skipping clip: %s", exc)
+        indexes = clip_indexes(self.files, self.decoder, cache_dir)  # decoded once per clip, then cached
+        for path, label, clip in zip(self.files, self._file_labels, indexes, strict=True):
+            if isinstance(clip, DataError):
+                self.unreadable_files[str(path)] = str(clip)
+                log.warning("skipping clip: %s", clip)
                 continue
             picked = _Sampler(self.sampling).select_indices(list(clip.timestamps))
             if not picked:
