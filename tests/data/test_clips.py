@@ -276,3 +276,23 @@ def test_clip_index_round_trips_through_json(tmp_path) -> None:
     clips._store_index(tmp_path / "x.json", index)
     assert clips._read_index(tmp_path / "x.json") == index
     assert index.shortfall == 2 and index.num_frames == 3
+
+
+def test_pretraining_corpus_over_the_folder_reads_every_item(real_world, caplog) -> None:
+    """What training builds (``build_pretrain_corpus``, on_error="skip") reads every listed item: no
+    skips, no abort, and the masks are the ones every other command gets."""
+    from usjepa_fast.data.corpus import build_pretrain_corpus
+    from usjepa_fast.data.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(image_size=64, patch_size=16, train=True)
+    with caplog.at_level(logging.WARNING, logger="usfast"):
+        corpus = build_pretrain_corpus([str(real_world.root)], pre, sampling=FrameSampling(every_k=2))
+    (videos,) = corpus.datasets
+    for i in range(len(corpus)):
+        item = corpus[i]
+        assert item["image"].shape == (3, 64, 64) and item["valid_patches"].shape == (4, 4)
+    assert videos.num_skipped == 0 and not videos.failed_files
+    assert list(videos.unreadable_files) == [str(real_world.root / "gone.mp4")]
+    np.testing.assert_array_equal(
+        videos.clip_mask(real_world.root / "black_start.mp4"), scan_mask(real_world.root / "black_start.mp4")
+    )
