@@ -86,11 +86,12 @@ def test_temp_names_are_hidden_unique_and_committable(tmp_path) -> None:
 
 
 def test_exported_student_is_group_readable(tmp_path, umask) -> None:
-    from usjepa_fast.models.frozen import load_frozen_encoder, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
+    from usjepa_fast.models.resolve import resolve_encoder
 
-    enc = load_frozen_encoder("vit_tiny_patch16_224", img_size=32, seed=0)
+    enc = resolve_encoder("vit_tiny_patch16_224", img_size=32, seed=0)
     path = save_export_ready(enc.model, enc.info, tmp_path / "student.safetensors")
     assert _mode(path) == 0o644 and _mode(path.with_suffix(".json")) == 0o644
-    again = load_frozen_encoder(str(path))
+    again = resolve_encoder(str(path))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(again(x), enc(x))

@@ -101,9 +101,10 @@ def stage_ultrabench(ctx: DemoContext) -> dict:
 
 
 def stage_folders(ctx: DemoContext) -> dict:
+    from usjepa_fast.data.dali import DaliCpuDecoder, dali_available
     from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
     from usjepa_fast.data.media import list_media
-    from usjepa_fast.data.video import DaliCpuDecoder, FrameSampling, PyAVDecoder, dali_available
+    from usjepa_fast.data.video import FrameSampling, PyAVDecoder
 
     images = ImageFolderDataset(ctx.state["ultrabench"] / "images", scan_mask="none")
     ctx.echo(f"  image folder: {len(images)} images, first {images[0]['image'].shape} {images[0]['image'].dtype}")
@@ -163,8 +164,7 @@ def stage_scan_regions(ctx: DemoContext, n_images: int = 48) -> dict:
         ctx.state["clips"], FrameSampling(max_frames=32), scan_mask="detect", cache_dir=ctx.out_dir / "mask_cache"
     )
     for path in videos.paths:
-        frames = videos._clip_frames(path)
-        found = videos.clip_mask(path, frames)
+        found = videos.clip_mask(path)
         clip_ious[path.name] = round(mask_iou(found, load_mask(path.with_name(f"{path.stem}.scanmask.png"))), 4)
     size = tiles[0].shape[0]
     tiles = [t if t.shape[0] == size else np.asarray(Image.fromarray(t).resize((size, size))) for t in tiles]

@@ -7,13 +7,12 @@ import pytest
 import torch
 from support.media import CONTAINERS, moving_frames, write_clip
 
+from usjepa_fast.data.dali import DaliCpuDecoder, dali_available
 from usjepa_fast.data.video import (
-    DaliCpuDecoder,
     FrameSampling,
     PyAVDecoder,
     VideoDecoder,
     _Sampler,
-    dali_available,
     get_decoder,
     resolve_decoder,
 )
@@ -121,7 +120,7 @@ def test_dali_uses_real_timestamps_and_decodes_only_kept_frames(tmp_path) -> Non
     not index / fps), and with frame selection only the kept frames come out of the pipeline."""
     import av
 
-    from usjepa_fast.data.video import DaliClipPipeline, dali_frame_selection, dali_video_op
+    from usjepa_fast.data.dali import DaliClipPipeline, dali_frame_selection, dali_video_op
 
     frames = moving_frames(n=10)
     path = tmp_path / "vfr.webm"

@@ -2,11 +2,11 @@
 
 Needs ``nvidia-dali-cuda*`` and a CUDA GPU (the decoder's ``device="mixed"`` backend handles
 H.264/HEVC/VP8/VP9/MJPEG/AV1/MPEG-4 through NVDEC). One pipeline per decode thread is built once
-(:class:`~usjepa_fast.data.video.DaliClipPipeline`, shared with the CPU decoder) and fed clip by
-clip. Which frames to keep is decided *before* decoding, from the clip's packet timestamps with the
-same :class:`~usjepa_fast.data.video.FrameSampling` rule PyAV applies, and only those frames are
-decoded into GPU memory (DALI >= 1.48; older releases decode the clip whole and index it). The
-timestamps are the real ones (packet pts), not ``index / fps``.
+(:class:`~usjepa_fast.data.dali.DaliClipPipeline`, shared with the CPU decoder) and fed clip by
+clip. Which frames to keep is decided *before* decoding, on the clip's true frame list
+(``data.clips.clip_index``) with the same :class:`~usjepa_fast.data.video.FrameSampling` rule PyAV
+applies, and only those frames are decoded into GPU memory (DALI >= 1.48; older releases decode the
+clip whole and index it). The timestamps are the real ones, not ``index / fps``.
 
 :meth:`DaliGpuDecoder.decode_clip` returns the kept frames as one ``(K, H, W)`` uint8 CUDA tensor
 (the embed engine preprocesses them there); :meth:`DaliGpuDecoder.frames` satisfies the
@@ -22,15 +22,8 @@ from pathlib import Path
 
 import torch
 
-from usjepa_fast.data.video import (
-    DaliClipPipeline,
-    Frame,
-    FrameSampling,
-    PyAVDecoder,
-    VideoInfo,
-    dali_available,
-    select_frames,
-)
+from usjepa_fast.data.dali import DaliClipPipeline, dali_available, select_frames
+from usjepa_fast.data.video import Frame, FrameSampling, PyAVDecoder, VideoInfo
 from usjepa_fast.errors import BackendUnavailableError, DataError
 
 

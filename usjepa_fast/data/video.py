@@ -2,8 +2,9 @@
 
 Callers ask :func:`get_decoder` (``"auto"`` | ``"pyav"`` | ``"dali"`` | ``"dali-gpu"``) for a
 :class:`VideoDecoder` and call ``frames(path, sampling)`` to get grayscale :class:`Frame` objects;
-they never touch PyAV or DALI. The GPU decoder (``data/dali_gpu.py``) implements the same protocol
-and adds ``decode_clip`` (sampled frames as one CUDA tensor) for consumers that stay on the GPU.
+they never touch PyAV or DALI. The DALI decoders (``data/dali.py`` on the CPU, ``data/dali_gpu.py``
+with NVDEC) implement the same protocol; the GPU one adds ``decode_clip`` (sampled frames as one
+CUDA tensor) for consumers that stay on the GPU.
 
 Frame sampling (:class:`FrameSampling`) is applied in the decoder so that skipped frames are never
 converted to numpy: ``fps`` keeps the first frame at or after each ``1/fps`` tick of the *timestamps*
@@ -13,7 +14,6 @@ converted to numpy: ``fps`` keeps the first frame at or after each ``1/fps`` tic
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from usjepa_fast.data.media import to_gray
-from usjepa_fast.errors import BackendUnavailableError, DataError
+from usjepa_fast.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -176,6 +175,14 @@ class PyAVDecoder:
             container.close()
 
     def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
+        for index, t, frame in self.raw_frames(path, sampling):
+            yield Frame(index=index, timestamp=t, image=_frame_to_gray(frame))
+
+    def raw_frames(
+        self, path: str | Path, sampling: FrameSampling | None = None
+    ) -> Iterator[tuple[int, float, object]]:
+        """:meth:`frames` without the numpy conversion: ``(index, timestamp, av.VideoFrame)`` of the kept
+        frames (``data.clips`` lists every frame that decodes and converts only the few it keeps)."""
         import av
 
         path = Path(path)
@@ -202,7 +209,7 @@ class PyAVDecoder:
                     if sampler.done:
                         break
                     continue
-                yield Frame(index=index, timestamp=t, image=_frame_to_gray(frame))
+                yield index, t, frame
                 if sampler.done:
                     break
         except av.FFmpegError as exc:
@@ -236,207 +243,6 @@ _LIMITED_LUT = np.clip(np.rint((np.arange(256, dtype=np.float32) - 16.0) * (255.
 
 def _limited_to_full_range(y: np.ndarray) -> np.ndarray:
     return _LIMITED_LUT[y]
-
-
-def clip_timestamps(path: str | Path) -> list[float]:
-    """Presentation timestamps (s since the first frame, display order) of every frame of a clip,
-    from the container's packets only (demux, no decode). Index ``i`` of the list is frame ``i`` as
-    every decoder here numbers it, so DALI frames get the same real timestamps as PyAV's."""
-    import av
-
-    path = Path(path)
-    _check_file(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path} has no video stream; remove it")
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else 0.0
-            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
-    except av.FFmpegError as exc:
-        raise DataError(f"video {path} cannot be read ({exc.__class__.__name__}); re-encode or remove it") from None
-    if not pts:
-        raise DataError(f"video {path} has no frames; re-encode or remove it")
-    pts.sort()
-    if tb is None:
-        return [i / fps if fps else float(i) for i in range(len(pts))]
-    start = pts[0]
-    return [float((p - start) * tb) for p in pts]
-
-
-# ----------------------------------------------------------------------------------------------
-# NVIDIA DALI (CPU here; the mixed/NVDEC variant lives in data/dali_gpu.py and shares this pipeline)
-
-
-def dali_available() -> bool:
-    """True when ``nvidia.dali`` imports (its CPU pipelines run without a GPU)."""
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means unavailable
-        return False
-    return True
-
-
-def _version(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
-def dali_video_op():  # -> the DALI operator function
-    """DALI's decoder of in-memory video: ``fn.decoders.video`` where it exists (DALI 2.x), else the
-    ``fn.experimental.decoders.video`` of the 1.x releases (the only name up to 1.45)."""
-    from nvidia.dali import fn
-
-    op = getattr(getattr(fn, "decoders", None), "video", None)
-    return op if op is not None else fn.experimental.decoders.video
-
-
-def dali_frame_selection() -> bool:
-    """Whether the video decoder takes a ``frames=[...]`` list (added in DALI 1.48): then only the
-    sampled frames are decoded into memory; older releases decode the whole clip and we index it."""
-    import nvidia.dali
-
-    return _version(getattr(nvidia.dali, "__version__", "0")) >= (1, 48)
-
-
-class DaliClipPipeline:
-    """One DALI pipeline, built once and fed clip by clip through ``external_source``.
-
-    ``device="cpu"`` (``device_id=None``: no GPU needed) or ``"mixed"`` (NVDEC, output on GPU
-    ``device_id``). :meth:`decode` returns DALI's output batch for one clip: ``(K, H, W, 3)`` uint8
-    with the ``frames`` asked for (when :func:`dali_frame_selection`), else every frame of the clip.
-    A pipeline is not thread-safe: keep one per thread (the decoders below do).
-    """
-
-    def __init__(self, device: str = "cpu", device_id: int | None = None, num_threads: int = 1) -> None:
-        from nvidia.dali import fn, pipeline_def, types
-
-        op = dali_video_op()
-        self.selects = dali_frame_selection()
-        selects = self.selects
-
-        @pipeline_def(batch_size=1, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
-        def pipe():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            if selects:
-                wanted = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-                # pad_mode="none": an index past the end is an error (a truncated clip), not black frames
-                return op(encoded, device=device, frames=wanted, pad_mode="none")
-            return op(encoded, device=device)
-
-        self.pipe = pipe()
-        self.pipe.build()
-        self.broken = False  # set after a failed clip: the owner builds a fresh pipeline
-
-    def decode(self, path: Path, indices: list[int]):  # -> DALI TensorList of one sample
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-        if data.size == 0:
-            raise DataError(f"video {path} is empty (0 bytes); re-export or remove it")
-        try:
-            self.pipe.feed_input("encoded", [data])
-            if self.selects:
-                self.pipe.feed_input("frames", [np.asarray(indices, dtype=np.int32)])
-            (out,) = self.pipe.run()
-        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for corrupt streams
-            self.broken = True
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            first = next((ln for ln in lines if "Critical error" not in ln), lines[0] if lines else "")
-            raise DataError(
-                f"video {path} cannot be decoded by DALI ({first[:200] or exc.__class__.__name__}); "
-                "re-encode it or use --decoder pyav"
-            ) from None
-        return out
-
-
-def select_frames(path: Path, sampling: FrameSampling | None) -> tuple[list[int], list[float]]:
-    """``(kept frame indices, every frame's timestamp)``: the :class:`FrameSampling` rule applied to the
-    clip's real packet timestamps (what PyAV keeps while decoding), before any pixel is decoded."""
-    times = clip_timestamps(path)
-    return _Sampler(sampling or FrameSampling()).select_indices(times), times
-
-
-class DaliCpuDecoder:
-    """NVIDIA DALI's CPU video decoder (``device="cpu"``), strict about codecs.
-
-    DALI decodes only VP8/VP9/MJPEG on the CPU (H.264/HEVC/AV1 need the mixed/NVDEC backend); other
-    codecs raise :class:`BackendUnavailableError` (``get_decoder("dali")`` wraps this with a per-file
-    PyAV fallback). Frames to keep are chosen from the packet timestamps first and only those are
-    decoded (DALI >= 1.48); timestamps are the real ones, as PyAV reports them.
-    """
-
-    name = "dali"
-    CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-
-    def __init__(self, num_threads: int = 1) -> None:
-        if not dali_available():
-            raise BackendUnavailableError(
-                "NVIDIA DALI is not installed; pip install 'usjepa-fast[dali]' or use --decoder pyav"
-            )
-        self.num_threads = max(1, num_threads)
-        self._probe = PyAVDecoder(threads=1)
-        self._local = threading.local()  # one pipeline per decode thread
-
-    def probe(self, path: str | Path) -> VideoInfo:
-        return self._probe.probe(path)
-
-    def supports(self, path: str | Path) -> bool:
-        return self.probe(path).codec in self.CPU_CODECS
-
-    def _pipeline(self) -> DaliClipPipeline:
-        pipe = getattr(self._local, "pipe", None)
-        if pipe is None or pipe.broken:
-            pipe = self._local.pipe = DaliClipPipeline("cpu", None, self.num_threads)
-        return pipe
-
-    def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
-        path = Path(path)
-        info = self.probe(path)
-        if info.codec not in self.CPU_CODECS:
-            raise BackendUnavailableError(
-                f"DALI CPU cannot decode {info.codec} ({path}); it handles {sorted(self.CPU_CODECS)} only; "
-                "use --decoder pyav"
-            )
-        keep, times = select_frames(path, sampling)
-        pipe = self._pipeline()
-        video = np.asarray(pipe.decode(path, keep).at(0))  # (K, H, W, 3) or (F, H, W, 3)
-        if not pipe.selects:
-            if keep and keep[-1] >= video.shape[0]:
-                raise DataError(f"video {path} ended after {video.shape[0]} frames (truncated?); re-encode it")
-            video = video[keep]
-        for j, i in enumerate(keep):
-            yield Frame(index=i, timestamp=times[i], image=to_gray(video[j]))
-
-
-class DaliCpuWithFallback:
-    """``--decoder dali``: DALI's CPU decoder for the codecs it handles (VP8/VP9/MJPEG), PyAV for the
-    rest, chosen per file, so a mixed folder decodes whole."""
-
-    name = "dali"
-
-    def __init__(self, threads: int = 1) -> None:
-        self.dali = DaliCpuDecoder()
-        self.pyav = PyAVDecoder(threads=threads)
-
-    def probe(self, path: str | Path) -> VideoInfo:
-        return self.pyav.probe(path)
-
-    def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
-        try:
-            supported = self.dali.supports(path)
-        except DataError:
-            supported = False  # let PyAV produce the precise error for this file
-        if not supported:
-            yield from self.pyav.frames(path, sampling)
-            return
-        try:
-            yield from self.dali.frames(path, sampling)
-        except BackendUnavailableError:
-            yield from self.pyav.frames(path, sampling)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,6 +280,8 @@ def get_decoder(name: str = "auto", device: Any = None, *, threads: int = 0) -> 
     if name == "pyav":
         return PyAVDecoder(threads=threads)
     if name == "dali":
+        from usjepa_fast.data.dali import DaliCpuWithFallback
+
         return DaliCpuWithFallback(threads=max(1, threads))
     from usjepa_fast.data.dali_gpu import DaliGpuDecoder
 

@@ -225,8 +225,9 @@ class FilePreparer:
         out.put(End(fid))
 
     def _run_device_clip(self, fid: int, src: Source, out: queue.Queue, detector: ChangeDetector | None) -> None:
-        """A clip decoded on the GPU (``decoder.decode_clip``): scan region, change detection and
-        preprocessing on the device; only one frame (for the region) and thumbnails reach the host."""
+        """A clip decoded on the GPU (``decoder.decode_clip``): change detection and preprocessing on
+        the device; only the change detector's thumbnails reach the host (the scan region is the
+        file's one region, ``data.clips.scan_mask``, cached)."""
         from usjepa_fast.data.preprocess import preprocess_batch
 
         if self.device.type != "cuda":

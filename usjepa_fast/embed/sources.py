@@ -92,9 +92,25 @@ def read_image(src: Source, scan_region: bool = True) -> tuple[np.ndarray, np.nd
 
 
 def source_mask(src: Source, frame: np.ndarray) -> np.ndarray | None:
-    """The scan region of a source: its own mask file if it has one, else detected on ``frame``."""
+    """The scan region of a source for frames shaped like ``frame``; None = the whole frame.
+
+    Its own mask file first (an UltraBench record's, or ``<stem>.scanmask.png``). A clip's region
+    otherwise is :func:`usjepa_fast.data.clips.scan_mask` (the one clip rule: spread frames, cached),
+    so embed, training and ``usfast masks`` agree on every clip; an image's is detected on the image
+    itself, which is what ``scan_mask`` does for an image (without writing a cache entry per file).
+    """
     from usjepa_fast.data.scan_region import load_mask
 
+    if src.kind == "video":
+        from usjepa_fast.data.clips import scan_mask
+
+        mask = scan_mask(src.path, provided=src.mask_path)
+        if mask.shape == frame.shape:
+            return None if mask.all() else mask
+        log.warning(
+            "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
+        )
+        return None
     if src.mask_path is not None:
         mask = load_mask(src.mask_path)
         if mask.shape == frame.shape:
