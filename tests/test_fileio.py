@@ -95,3 +95,23 @@ def test_exported_student_is_group_readable(tmp_path, umask) -> None:
     again = resolve_encoder(str(path))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(again(x), enc(x))
+
+
+def test_non_durable_writes_are_still_atomic(tmp_path, umask) -> None:
+    target = tmp_path / "cache" / "entry.json"
+    with atomic_path(target, durable=False) as tmp:
+        tmp.write_text("{}")
+    assert target.read_text() == "{}" and _mode(target) == 0o644
+    from usjepa_fast.data.cache import publish
+
+    assert publish(tmp_path / "c2" / "x.png", lambda p: p.write_bytes(b"png"))
+    assert (tmp_path / "c2" / "x.png").read_bytes() == b"png"
+    assert [p.name for p in (tmp_path / "c2").iterdir()] == ["x.png"]
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        if os.access(tmp_path / "ro", os.W_OK):  # root ignores folder permissions
+            return
+        assert not publish(tmp_path / "ro" / "y.png", lambda p: p.write_bytes(b"png"))
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)

@@ -66,10 +66,14 @@ def _commit(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def replace_file(tmp: str | Path, path: str | Path) -> Path:
+def replace_file(tmp: str | Path, path: str | Path, *, durable: bool = True) -> Path:
     """Commit a finished temporary file (see :func:`temp_name`) onto ``path``: fsync, rename, fsync
-    the folder. For writers that must keep their own temporary (e.g. to validate it first)."""
+    the folder. For writers that must keep their own temporary (e.g. to validate it first).
+    ``durable=False`` skips the fsyncs (still atomic for readers; a crash may lose the file)."""
     tmp, path = Path(tmp), Path(path)
+    if not durable:
+        os.replace(tmp, path)
+        return path
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     _commit(tmp, path)
@@ -97,16 +101,18 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """For libraries that write by file name (ONNX, ONNX Runtime): yields a temporary path beside
-    ``path``; when the block exits normally the file there is fsync'ed and renamed onto ``path``."""
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """For libraries that write by file name (ONNX, PIL, ``Path.write_text``): yields a temporary
+    path beside ``path``; when the block exits normally the file there is fsync'ed and renamed onto
+    ``path``. ``durable=False``: no fsync, for caches whose entries are validated on read and simply
+    recomputed when a crash lost them (thousands of small entries; fsync would dominate)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path, keep_suffix=True)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # reserve the name, umask mode
     try:
         yield tmp
-        replace_file(tmp, path)
+        replace_file(tmp, path, durable=durable)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
