@@ -115,3 +115,12 @@ def test_non_durable_writes_are_still_atomic(tmp_path, umask) -> None:
         assert not publish(tmp_path / "ro" / "y.png", lambda p: p.write_bytes(b"png"))
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_non_durable_open_leaves_no_temp_on_error(tmp_path) -> None:
+    target = tmp_path / "features.npz"
+    atomic_write_bytes(target, b"v1", durable=False)
+    with pytest.raises(OSError), atomic_open(target, durable=False) as fh:
+        fh.write(b"v2 partial")
+        raise OSError("disk full")
+    assert target.read_bytes() == b"v1" and [p.name for p in tmp_path.iterdir()] == ["features.npz"]

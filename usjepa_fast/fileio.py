@@ -81,9 +81,12 @@ def replace_file(tmp: str | Path, path: str | Path, *, durable: bool = True) -> 
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_open(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
     """``with atomic_open(p) as fh: torch.save(obj, fh)``: a binary handle whose bytes replace ``p``
-    atomically when the block exits normally (nothing changes at ``p`` if it raises)."""
+    atomically when the block exits normally (nothing changes at ``p`` if it raises).
+
+    ``durable=False`` skips the fsyncs: readers still see the old or the whole new file, but a
+    machine crash may lose the write. For caches that validate entries on read and recompute."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
@@ -93,8 +96,12 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
-        _commit(tmp, path)
+            if durable:
+                os.fsync(fh.fileno())
+        if durable:
+            _commit(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -118,9 +125,9 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically. Returns ``path``."""
-    with atomic_open(path) as fh:
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> Path:
+    """Replace ``path`` with ``data`` atomically (``durable``: see :func:`atomic_open`). Returns ``path``."""
+    with atomic_open(path, durable=durable) as fh:
         fh.write(data)
     return Path(path)
 

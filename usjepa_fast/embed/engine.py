@@ -203,6 +203,7 @@ def run_engine(
         t.start()
 
     states = {fid: _FileState(src) for fid, src in enumerate(sources)}
+    ended: set[int] = set()  # files whose worker is done; finished once their last batch is back
     pending: list[tuple[int, torch.Tensor]] = []  # (fid, (n, 3, S, S)) waiting for a batch
     pending_rows = 0
     bar = _progress(len(sources), opts.progress)
@@ -222,7 +223,9 @@ def run_engine(
         tick()
 
     def finish_ready() -> None:
-        for fid in [f for f, st in states.items() if st.ended and st.pending == 0]:
+        # only ended files are scanned (a few at a time), not every file of the run
+        for fid in sorted(f for f in ended if states[f].pending == 0):
+            ended.discard(fid)
             st = states.pop(fid)
             feats, rows = finish_rows(st, opts.clip_pool)
             if not rows:
@@ -276,6 +279,7 @@ def run_engine(
                 raise msg.error
             if isinstance(msg, Fail):
                 st = states.pop(msg.fid, None)
+                ended.discard(msg.fid)
                 if st is not None:
                     dropped = sum(x.shape[0] for f, x in pending if f == msg.fid)
                     pending = [(f, x) for f, x in pending if f != msg.fid]
@@ -289,6 +293,7 @@ def run_engine(
                 continue
             if isinstance(msg, End):
                 st.ended = True
+                ended.add(msg.fid)
                 finish_ready()
                 continue
             chunk: Chunk = msg

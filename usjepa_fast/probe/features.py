@@ -256,7 +256,8 @@ class FeatureCache:
             paths=np.asarray(feats.paths, dtype=str),
             meta=np.asarray(json.dumps({**meta, "skipped": feats.skipped})),
         )
-        atomic_write_bytes(path, buf.getvalue())
+        # a cache: entries are validated on load and recomputed when torn, so no fsync (durable=False)
+        atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 def split_features(
