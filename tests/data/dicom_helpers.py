@@ -56,9 +56,11 @@ def write_dicom(
     regions: list[Dataset] | None = None,
     patient: bool = True,
     transfer_syntax: str | None = None,
+    bot: bool = True,
     **tags,
 ) -> Path:
-    """``pixels``: (H, W) / (T, H, W) gray or (..., 3) RGB; ``jpeg`` encodes frames with Pillow (4:2:2)."""
+    """``pixels``: (H, W) / (T, H, W) gray or (..., 3) RGB; ``jpeg`` encodes frames with Pillow (4:2:2)
+    and encapsulates them with (``bot``) or without a Basic Offset Table."""
     ds = Dataset()
     if patient:
         for k, v in PATIENT.items():
@@ -95,7 +97,7 @@ def write_dicom(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         if multi:
             ds.NumberOfFrames = len(frames)
-        ds.PixelData = encapsulate(encoded)
+        ds.PixelData = encapsulate(encoded, has_bot=bot)
         ds["PixelData"].VR = "OB"
     if transfer_syntax:
         ds.file_meta.TransferSyntaxUID = transfer_syntax

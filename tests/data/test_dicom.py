@@ -307,6 +307,21 @@ def test_cine_frames_and_sampling(tmp_path, jpeg, monkeypatch) -> None:
         list(ud.iter_dicom_gray(path, [12]))
 
 
+def test_sampled_frames_without_an_offset_table(tmp_path) -> None:
+    """No Basic Offset Table, one fragment per frame: the reader builds the frame offsets while it
+    checks the fragments, and sampled frames equal the same frames of a full decode."""
+    path = write_dicom(tmp_path / "nobot.dcm", cine(10, seed=5), jpeg=True, bot=False, CineRate=10)
+    info = ud.read_dicom_info(path)
+    offsets, lengths = info._extended_offsets
+    assert len(offsets) == len(lengths) == 10 and offsets[0] == 0 and all(n > 0 for n in lengths)
+    full = {f.index: f.image for f in ud.DicomDecoder().frames(path)}
+    sampled = list(ud.DicomDecoder().frames(path, FrameSampling(every_k=4)))
+    assert [f.index for f in sampled] == [0, 4, 8]
+    for f in sampled:
+        np.testing.assert_array_equal(f.image, full[f.index])
+    assert ud.read_dicom_info(write_dicom(tmp_path / "bot.dcm", cine(3), jpeg=True))._extended_offsets is None
+
+
 def test_single_frame_is_a_one_frame_clip(tmp_path) -> None:
     path = write_dicom(tmp_path / "s.dcm", cine(1)[0])
     (frame,) = ud.DicomDecoder().frames(path, FrameSampling(fps=5.0))

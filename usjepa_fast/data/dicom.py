@@ -189,6 +189,8 @@ def iter_dicom_gray(
     opts = as_pixel_options(info._header, transfer_syntax_uid=UID(info.transfer_syntax_uid), pixel_keyword="PixelData")
     if info._pixel_vr:
         opts["pixel_vr"] = info._pixel_vr
+    if info._extended_offsets is not None:
+        opts["extended_offsets"] = info._extended_offsets
     done = 0  # frames of ``wanted`` yielded so far
     plugins = _plugin_order(decoder)
     with info.path.open("rb") as f:

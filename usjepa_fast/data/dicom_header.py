@@ -121,6 +121,7 @@ class DicomInfo:
     _header: Any = field(default=None, repr=False, compare=False)
     _pixel_offset: int = field(default=0, repr=False, compare=False)
     _pixel_vr: str | None = field(default=None, repr=False, compare=False)
+    _extended_offsets: tuple[list[int], list[int]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -193,13 +194,20 @@ def _locate_pixels(f, path: Path, ts, file_size: int) -> tuple[int, str | None, 
     return f.tell(), vr, length
 
 
-def _check_encapsulated(f, path: Path, offset: int, file_size: int, num_frames: int) -> None:
-    """Walk the fragment item headers (no data read): truncation shows as a missing delimiter."""
+def _check_encapsulated(
+    f, path: Path, offset: int, file_size: int, num_frames: int
+) -> tuple[list[int], list[int]] | None:
+    """Walk the fragment item headers (no data read): truncation shows as a missing delimiter.
+
+    Returns an Extended Offset Table ``(offsets, lengths)`` when the file has no frame offsets of its
+    own and one fragment per frame (the usual cine export): then pydicom reaches frame i with one seek
+    instead of re-walking the fragments from the start for every sampled frame.
+    """
     from pydicom.encaps import parse_basic_offsets, parse_fragments
 
     f.seek(offset)
     try:
-        parse_basic_offsets(f)
+        basic = parse_basic_offsets(f)
         n, starts = parse_fragments(f)
     except Exception as exc:  # noqa: BLE001 - malformed item structure
         raise DataError(f"DICOM {path} has corrupt compressed pixel data ({_why(exc)}); re-export it") from None
@@ -218,6 +226,10 @@ def _check_encapsulated(f, path: Path, offset: int, file_size: int, num_frames: 
             f"DICOM {path} is truncated: compressed pixel data ends early ({n} fragments for {num_frames} frames); "
             "re-export or remove it"
         )
+    if basic or n != num_frames:
+        return None
+    lengths = [b - a - 8 for a, b in zip(starts, [*starts[1:], end], strict=True)]
+    return [a - starts[0] for a in starts], lengths
 
 
 def _timing(ds, n: int) -> tuple[tuple[float, ...], float, str | None]:
@@ -307,8 +319,11 @@ def read_dicom_info(path: str | Path) -> DicomInfo:
                 f"DICOM {path} has photometric interpretation {photometric}, which usfast does not read "
                 f"(supported: {', '.join(_SUPPORTED_PHOTOMETRIC)}); convert it"
             )
+        extended = None
         if ts.is_encapsulated:
-            _check_encapsulated(f, path, offset, file_size, num_frames)
+            extended = _check_encapsulated(f, path, offset, file_size, num_frames)
+            if "ExtendedOffsetTable" in ds:
+                extended = None  # the file's own table: pydicom reads it from the header
         else:
             try:
                 expected = get_expected_length(ds, unit="bytes")
@@ -339,6 +354,7 @@ def read_dicom_info(path: str | Path) -> DicomInfo:
         _header=ds,
         _pixel_offset=offset,
         _pixel_vr=vr,
+        _extended_offsets=extended,
     )
 
 
