@@ -183,7 +183,9 @@ def _locate_pixels(f, path: Path, ts, file_size: int) -> tuple[int, str | None, 
         raise DataError(f"DICOM {path} holds float pixel data, which usfast does not read; export integer pixels")
     if tag != _PIXEL_DATA:
         raise DataError(f"DICOM {path} has no pixel data (a report, waveform or directory?); remove it")
-    if ts.is_implicit_VR:
+    # Trust the bytes over the declared syntax: some writers declare explicit VR and write implicit
+    # (pydicom itself switches with a warning); an explicit VR is two upper-case letters.
+    if not (raw[4:6].isalpha() and raw[4:6].isupper()):
         vr, length = None, struct.unpack(f"{endian}L", raw[4:8])[0]
     else:
         vr = raw[4:6].decode("ascii", "replace")
