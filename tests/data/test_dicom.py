@@ -99,6 +99,16 @@ def test_jpeg_ybr_matches_the_rgb_original(name) -> None:
     assert np.abs(gray - ref).max() <= 2 and np.abs(gray - ref).mean() < 0.5
 
 
+def test_misdeclared_vr_is_read_by_the_bytes() -> None:
+    """SC_rgb_jpeg.dcm declares explicit VR but is written implicit (pydicom warns and switches)."""
+    path = pydicom_file("SC_rgb_jpeg.dcm")
+    with pytest.warns(UserWarning, match="implicit VR"):
+        rgb = pydicom.dcmread(path).pixel_array  # pydicom's own YBR -> RGB
+    with pytest.warns(UserWarning, match="implicit VR"):  # our header read sees the same
+        gray = ud.read_dicom_gray(path).astype(int)
+    assert gray.shape == rgb.shape[:2] and np.abs(gray - luma(rgb)).max() <= 2
+
+
 def test_jpeg_cine_frames_match_an_independent_jpeg_decode() -> None:
     """examples_ybr_color.dcm (US cine, JPEG baseline YBR_FULL_422): each frame's gray is the Y plane of
     its codestream, decoded here by Pillow in YCbCr mode straight from the encapsulated fragments."""
