@@ -209,6 +209,11 @@ def test_killed_prepare_resumes(sources, tmp_path) -> None:
     prepare_corpus(src, clean, storage_size=64, shard_frames=8)
     assert resumed.jobs_resumed >= 1 and _tree(killed) == _tree(clean)
     assert not [p for p in (killed / "shards").iterdir() if p.name.startswith(".")]
+    # A part whose data was cut short later (disk trouble): a rerun redoes its job, the corpus is exact again.
+    victim = sorted((killed / "shards").glob("*.bin"))[-1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert prepare_corpus(src, killed, storage_size=64, shard_frames=8).jobs_resumed == resumed.jobs - 1
+    assert _tree(killed) == _tree(clean)
 
 
 def test_other_sources_or_options_are_refused_unless_overwrite(sources, tmp_path) -> None:
@@ -218,6 +223,9 @@ def test_other_sources_or_options_are_refused_unless_overwrite(sources, tmp_path
         prepare_corpus([sources["media"]], out, storage_size=32)
     with pytest.raises(DataError, match="other sources"):
         prepare_corpus([sources["media"], sources["ub"]], out, storage_size=64)
+    with pytest.raises(DataError, match="does not exist"):  # a bad source deletes nothing
+        prepare_corpus([tmp_path / "missing"], out, storage_size=32, overwrite=True)
+    assert PreparedCorpus(out).item_shape.min() == 64
     s = prepare_corpus([sources["media"]], out, storage_size=32, overwrite=True)
     assert PreparedCorpus(out).item_shape.min() == 32 and s.jobs_resumed == 0
     (tmp_path / "busy").mkdir()

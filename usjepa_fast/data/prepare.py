@@ -236,27 +236,39 @@ def run_job(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    ours = {PLAN_FILE, CORPUS_FILE, SHARD_DIR}
+_OURS = {PLAN_FILE, CORPUS_FILE, SHARD_DIR}
+
+
+def _check_out_dir(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
         raise DataError(f"prepare output {out} is a file; pass a folder")
     entries = {p.name for p in out.iterdir()}
-    if entries and PLAN_FILE not in entries and not entries <= ours:
+    if entries and PLAN_FILE not in entries and not entries <= _OURS:
         raise DataError(f"prepare output {out} is not empty and not a usfast corpus; choose a new or empty folder")
-    if overwrite:
-        for name in ours & entries:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def _load_or_plan(out: Path, sources: list[str | Path], options: PrepareOptions, workers: int) -> Listing:
+def _clear(out: Path) -> None:
+    """Delete what an earlier prepare wrote in ``out`` (and nothing else)."""
+    for name in _OURS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _load_or_plan(
+    out: Path, sources: list[str | Path], options: PrepareOptions, workers: int, overwrite: bool
+) -> Listing:
     import json
 
-    listing = list_sources(sources, options)
+    listing = list_sources(sources, options)  # before anything is deleted: bad sources cost nothing
     fingerprint = listing.fingerprint(options)
     plan_path = out / PLAN_FILE
+    if overwrite:
+        _clear(out)
     if plan_path.is_file():
         try:
             raw = json.loads(plan_path.read_text())
@@ -425,8 +437,8 @@ def prepare_corpus(
     if workers < 1:
         raise DataError(f"workers={workers} must be >= 1")
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
-    listing = _load_or_plan(out, sources, options, workers)
+    _check_out_dir(out)
+    listing = _load_or_plan(out, sources, options, workers, overwrite)
     shard_dir = out / SHARD_DIR
     for leftover in shard_dir.iterdir():
         if is_temp_file(leftover):  # a part a killed worker was writing

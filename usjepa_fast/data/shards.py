@@ -195,7 +195,10 @@ def job_parts(shard_dir: Path, job: int) -> list[dict[str, Any]] | None:
             return None
         try:
             index = read_part_index(path)
-        except DataError:
+            complete = (Path(shard_dir) / index["data"]).stat().st_size == index["bytes"]
+        except (DataError, OSError, KeyError, TypeError):
+            return None
+        if not complete:  # its data file is missing or was cut short: the job is redone
             return None
         parts.append(index)
         if index.get("last"):
