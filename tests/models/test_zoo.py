@@ -16,10 +16,15 @@ PAPER_BASELINES = ("DINOv3", "I-JEPA", "UltraSAM", "SAMUS", "EchoCare", "USF-MAE
 TINY = {"img_size": 32, "num_classes": 0, "class_token": False, "global_pool": "avg", "fc_norm": False}
 
 
-def test_every_paper_baseline_is_described() -> None:
-    for name in PAPER_BASELINES:
-        e = ZOO[name]
+def test_every_entry_is_described() -> None:
+    from usjepa_fast.models.layouts import LAYOUTS
+
+    assert set(PAPER_BASELINES) <= set(ZOO)
+    for name, e in ZOO.items():
         assert e.architecture and e.release_format and e.input_size > 0 and len(e.mean) == 3
+        assert e.layout in (None, "auto", *LAYOUTS), f"{name}: unknown layout {e.layout}"
+        if e.branches and e.supported:  # the default branch is the wrapper tried first
+            assert e.wrapper_keys[0] == e.branches[0], name
         if e.supported:
             assert e.timm_name and timm.is_model(e.timm_name), f"{name}: {e.timm_name} unknown to timm"
         else:
@@ -78,9 +83,34 @@ def test_mae_release_layout_drops_decoder(tmp_path) -> None:
 
 
 def test_zoo_spec_parsing() -> None:
-    assert parse_zoo_spec("zoo:DINOv3=/w/dinov3.pth") == ("DINOv3", "/w/dinov3.pth")
+    assert parse_zoo_spec("zoo:DINOv3=/w/dinov3.pth") == ("DINOv3", "/w/dinov3.pth", None)
+    assert parse_zoo_spec("zoo:V-JEPA:encoder=/w/a=b.pth") == ("V-JEPA", "/w/a=b.pth", "encoder")
     assert parse_zoo_spec("vit_base_patch16_224") is None
     with pytest.raises(UsfastError):
         parse_zoo_spec("zoo:DINOv3")
+    with pytest.raises(UsfastError, match="name a branch"):
+        parse_zoo_spec("zoo:V-JEPA:=/w.pth")
     with pytest.raises(UsfastError, match="not in the model zoo"):
         resolve_encoder("zoo:NotAModel=/nonexistent")
+
+
+def test_branch_is_checked_against_the_entry_and_the_file(tmp_path) -> None:
+    ckpt = tmp_path / "w.pth"
+    torch.save({"target_encoder": {"x": torch.zeros(1)}}, ckpt)
+    with pytest.raises(UsfastError, match="V-JEPA has no branch 'teacher'.*target_encoder, encoder"):
+        resolve_encoder(f"zoo:V-JEPA:teacher={ckpt}")
+    with pytest.raises(UsfastError, match="URFM has no branch"):
+        resolve_encoder(f"zoo:URFM:encoder={ckpt}")
+    with pytest.raises(UsfastError, match="has no 'encoder' state dict.*target_encoder"):
+        remap_state_dict(ZOO["V-JEPA"], torch.load(ckpt), branch="encoder")
+
+
+def test_table_names_loader_normalisation_and_why_not() -> None:
+    table = zoo_table()
+    assert "| loader |" in table and "| normalisation |" in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert "`vjepa` layout" in rows["V-JEPA"] and "branch target_encoder / encoder" in rows["V-JEPA"]
+    assert "`beit` layout" in rows["USFM"] and rows["USFM"].endswith("| yes |")
+    assert "ImageNet" in rows["DINOv2"] and "`dinov2` layout" in rows["DINOv2-reg"]
+    for name in ("V-JEPA2", "EchoJEPA"):
+        assert "| no: " in rows[name] and "RoPE" in rows[name]

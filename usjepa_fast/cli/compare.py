@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from usjepa_fast.cli.partial import allow_partial_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("compare")
@@ -34,6 +36,7 @@ def register(app: typer.Typer) -> None:
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         list_zoo: bool = typer.Option(False, "--list-zoo", help="Print the baseline model zoo and exit."),
+        allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs."""
         from usjepa_fast.errors import UsfastError

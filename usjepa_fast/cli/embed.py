@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from usjepa_fast.cli.partial import allow_partial_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("embed")
@@ -49,6 +51,7 @@ def register(app: typer.Typer) -> None:
         split: list[str] = typer.Option(None, "--split", help="UltraBench input: only these splits (repeatable)."),
         merge_only: bool = typer.Option(False, "--merge-only", help="Only merge the ranks' parts into index.csv."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Embed every (sampled) frame into feature shards + index.csv; resumable, torchrun-shardable."""
         from usjepa_fast.embed import EmbedOptions, embed_folder, merge_outputs

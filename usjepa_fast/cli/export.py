@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from usjepa_fast.cli.partial import allow_partial_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
@@ -27,8 +29,12 @@ def register(app: typer.Typer) -> None:
         opt_batch: int = typer.Option(32, "--opt-batch", help="TensorRT profile: batch to tune for."),
         check: bool = typer.Option(False, "--check", help="Verify an existing .onnx (vs PyTorch) or .engine (vs ORT)."),
         seed: int = typer.Option(0, "--seed", help="Seed of a random-init timm model."),
+        fmt: str = typer.Option(
+            "onnx", "--format", help="onnx, or timm: a folder (--out DIR) timm.create_model('local-dir:DIR') loads."
+        ),
+        allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Export an encoder to ONNX (+ TensorRT), refusing outputs that drift from PyTorch."""
+        """Export an encoder to ONNX (+ TensorRT) or a timm folder, refusing outputs that drift from PyTorch."""
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.export import build_engine, check_engine, export_onnx, verify_onnx
 
@@ -46,6 +52,20 @@ def register(app: typer.Typer) -> None:
             else:
                 raise UsfastError(f"--check takes an .onnx or .engine file, got {path}")
             return
+        if fmt == "timm":
+            from usjepa_fast.export import export_timm
+
+            if tensorrt or tokens or precision != "fp32":
+                raise UsfastError("--format timm writes the fp32 encoder; drop --tensorrt / --tokens / --precision")
+            res = export_timm(encoder, out, arch=arch, pool=pool, img_size=img_size, seed=seed)
+            typer.echo(
+                f"wrote {res.out_dir}/ (model.safetensors + config.json, {res.info.pool} pooling, width "
+                f"{res.info.width}; timm local-dir vs usfast: rel err {res.parity.rel_err:.1e}); load it with "
+                f"timm.create_model('local-dir:{res.out_dir}', pretrained=True)"
+            )
+            return
+        if fmt != "onnx":
+            raise UsfastError(f"--format {fmt!r}: use onnx or timm")
         result = export_onnx(
             encoder,
             out,

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "synth",
     "demo",
     "masks",
+    "prepare",
     "train",
     "export",
     "embed",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from usjepa_fast.cli.partial import allow_partial_option
+
 
 def _seeds(text: str) -> tuple[int, ...]:
     from usjepa_fast.errors import UsfastError
@@ -44,6 +46,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
         standardize: bool = typer.Option(True, "--standardize/--raw", help="z-score features with train stats."),
+        allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Train linear heads on frozen features and report macro F1 / accuracy / balanced accuracy."""
         from usjepa_fast.errors import UsfastError

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from usjepa_fast.cli.partial import allow_partial_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("robustness")
@@ -32,6 +34,7 @@ def register(app: typer.Typer) -> None:
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
+        allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Train probes on clean features, score them on corrupted test images; tables, curves, examples."""
         from usjepa_fast.cli.probe import _seeds

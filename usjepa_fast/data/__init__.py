@@ -11,10 +11,14 @@ usjepa_fast.data`` stays cheap for the CLI):
                   of a media file for every command), ``spread_frames``
 * ``cache``       the data layer's cache root and keys (``$USFAST_CACHE_DIR``, ``~/.cache/usfast``)
 * ``scan_region`` ``detect_scan_region``, ``detect_clip_region``, ``patch_validity``, ``ScanMaskCache``
-* ``preprocess``  ``percentile_rescale``, ``Preprocessor``, ``preprocess_batch``
+* ``preprocess``  ``percentile_rescale``, ``Preprocessor``, ``preprocess_batch``, ``preprocess_train_batch``
 * ``ultrabench``  ``UltraBenchDataset``
 * ``folders``     ``ImageFolderDataset``, ``VideoFrameDataset``
 * ``corpus``      ``MixedCorpus``, ``build_pretrain_corpus``
+* ``prepare``     ``prepare_corpus`` (``usfast prepare``: decode once into frame shards; plan in ``prepare_plan``)
+* ``shards``      the shard format (raw uint8 parts + JSON indexes), ``FrameReader``, ``iter_part``
+* ``prepared``    ``PreparedCorpus`` (a prepared corpus as a Dataset), ``collate_frames``
+* ``split``       ``split_by_group`` (validation hold-out by clip / patient), ``corpus_groups``
 * ``synth``       ``synthesize`` (built-in synthetic B-mode data)
 """
 
@@ -48,6 +52,14 @@ _EXPORTS = {
     "PreprocessConfig": "preprocess",
     "Preprocessor": "preprocess",
     "preprocess_batch": "preprocess",
+    "preprocess_train_batch": "preprocess",
+    "pad_frames": "preprocess",
+    "prepare_corpus": "prepare",
+    "PrepareSummary": "prepare",
+    "PreparedCorpus": "prepared",
+    "collate_frames": "prepared",
+    "split_by_group": "split",
+    "corpus_groups": "split",
     "UltraBenchDataset": "ultrabench",
     "ImageFolderDataset": "folders",
     "VideoFrameDataset": "folders",

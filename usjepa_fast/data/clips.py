@@ -273,6 +273,11 @@ def spread_frames(path: str | Path, k: int, cache_dir: str | Path | None = None)
 
 
 def _frame_shape(path: Path, kind: str) -> tuple[int, int]:
+    if kind == "dicom":
+        from usjepa_fast.data.dicom import read_dicom_info
+
+        info = read_dicom_info(path)
+        return info.rows, info.columns
     if kind == "image":
         from PIL import Image
 
@@ -288,6 +293,15 @@ def _frame_shape(path: Path, kind: str) -> tuple[int, int]:
 def _detect(path: Path, kind: str, cache_dir: str | Path | None) -> np.ndarray:
     if kind == "image":
         return detect_scan_region(read_image_gray(path))
+    if kind == "dicom":  # frames decoded one by one from the file: only the spread ones
+        from usjepa_fast.data.dicom import iter_dicom_gray, read_dicom_info
+        from usjepa_fast.data.media import to_uint8
+
+        info = read_dicom_info(path)
+        if info.num_frames == 1:
+            return detect_scan_region(to_uint8(next(iter_dicom_gray(info, [0]))[1]))
+        picked = spread_positions(info.num_frames, MASK_FRAMES)
+        return detect_clip_region(np.stack([to_uint8(g) for _, g in iter_dicom_gray(info, picked)]))
     frames = spread_frames(path, MASK_FRAMES, cache_dir)
     shape = frames[0].image.shape
     # A clip whose frame size changes mid-stream: detect on the frames of its first size.
@@ -307,8 +321,9 @@ def scan_mask(
 
     ``mode="auto"``: ``provided`` (e.g. an UltraBench record's mask file) or else the sidecar
     ``<stem>.scanmask.png`` wins when present (one whose shape differs from the frames is ignored with
-    a warning); ``"detect"`` ignores both. Otherwise the region is detected (an image on itself, a clip
-    on :data:`MASK_FRAMES` spread frames with blank/dark ones dropped) and cached in
+    a warning), then a DICOM object's Ultrasound Regions; ``"detect"`` ignores all three. Otherwise the
+    region is detected (an image on itself, a clip or cine loop on :data:`MASK_FRAMES` spread frames
+    with blank/dark ones dropped) and cached in
     ``<cache>/scan_masks/`` (``mask_cache="beside"``: a hidden file next to the media, only when
     asked). When nothing is found (a blank clip) the whole frame is returned (all True).
     """
@@ -318,6 +333,10 @@ def scan_mask(
     if mask_cache not in MASK_CACHE_MODES:
         raise DataError(f"mask cache '{mask_cache}' is not one of {MASK_CACHE_MODES}")
     kind = media_kind(path)
+    if kind is None and path.is_file():
+        from usjepa_fast.data.dicom_header import is_dicom
+
+        kind = "dicom" if is_dicom(path) else None
     if kind is None:
         raise DataError(f"{path} is neither an image nor a video usfast reads; cannot find its scan region")
     if not path.is_file():
@@ -338,6 +357,12 @@ def scan_mask(
                     path,
                     shape,
                 )
+        if kind == "dicom":  # the scanner's own B-mode region boxes, when the header has them
+            from usjepa_fast.data.dicom import dicom_scan_region
+
+            regions, _ = dicom_scan_region(path)
+            if regions is not None:
+                return regions
     cache = ScanMaskCache(cache_dir, beside=mask_cache == "beside")
     mask = cache.get(path, lambda: _detect(path, kind, cache_dir))
     return mask if mask.any() else np.ones(mask.shape, dtype=bool)

@@ -55,6 +55,9 @@ class MediaListing(NamedTuple):
 def find_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> MediaListing:
     """Media files under ``root`` (recursive, sorted, hidden entries skipped) and the unreadable entries.
 
+    Kind ``"dicom"`` (opt-in) adds ``.dcm``/``.dicom`` files and extensionless files that carry the
+    ``DICM`` preamble (:func:`usjepa_fast.data.dicom.is_dicom`; 132 bytes read per such file).
+
     ``root`` may also be a single file. Symlinked files are followed, symlinked folders are not (as
     ``Path.rglob``). ``problems`` lists, with a reason, what would otherwise vanish silently: dangling
     symbolic links (with a media extension of ``kinds``, or no extension: it may have been a folder),
@@ -63,17 +66,24 @@ def find_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> M
     with no media gives no files, so that callers can word the error for their context.
     """
     kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in _KIND_EXTENSIONS]
+    unknown = [k for k in kinds if k not in (*_KIND_EXTENSIONS, "dicom")]
     if unknown:
-        raise DataError(f"unknown media kind(s) {unknown}; use 'image' and/or 'video'")
-    exts = frozenset().union(*(_KIND_EXTENSIONS[k] for k in kinds))
+        raise DataError(f"unknown media kind(s) {unknown}; use 'image', 'video' and/or 'dicom'")
+    exts = frozenset().union(*(_KIND_EXTENSIONS[k] for k in kinds if k != "dicom"))
+    sniff = None  # extensionless files: DICOM by their preamble
+    if "dicom" in kinds:
+        from usjepa_fast.data.dicom_header import DICOM_EXTENSIONS, is_dicom
+
+        exts = exts | DICOM_EXTENSIONS
+        sniff = is_dicom
     root = Path(root)
     if not root.exists():
         if root.is_symlink():
             raise DataError(f"{root} is a dangling symbolic link (target {os.readlink(root)} is missing); fix the link")
         raise DataError(f"{root} does not exist; pass an existing file or folder")
     if root.is_file():
-        return MediaListing([root] if root.suffix.lower() in exts else [], [])
+        wanted = root.suffix.lower() in exts or (sniff is not None and not root.suffix and sniff(root))
+        return MediaListing([root] if wanted else [], [])
     files: list[Path] = []
     problems: list[MediaProblem] = []
 
@@ -99,6 +109,8 @@ def find_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> M
                     problems.append(MediaProblem(path, why))
             elif not suffix and path.is_symlink() and not path.exists():
                 problems.append(MediaProblem(path, _unreadable_reason(path) or "dangling symbolic link"))
+            elif not suffix and sniff is not None and path.is_file() and sniff(path):  # is_file: never open a FIFO
+                files.append(path)
     return MediaListing(sorted(files), sorted(problems))
 
 

@@ -1,13 +1,18 @@
 """US-JEPA preprocessing: gray -> percentile rescale in the scan region -> resize/crop -> 3 channels -> normalise.
 
-Two entry points share one definition so training, evaluation and the embedding fast path see
+Entry points share one definition so training, evaluation and the embedding fast path see
 identical pixels:
 
 * :class:`Preprocessor` works per item on numpy input (datasets/DataLoader workers) and also returns
-  the resized scan mask and the patch-validity grid that USrc masking needs;
+  the resized scan mask and the patch-validity grid that USrc masking needs; it is the reference;
 * :func:`preprocess_batch` is torch-only and device-agnostic: a batch of decoded ``uint8`` frames
   ``(B, H, W)`` on any device -> model input ``(B, 3, S, S)``; with frames already on the GPU nothing
-  goes back to the host.
+  goes back to the host;
+* :func:`preprocess_train_batch` is the training geometry (random resized crop + flip) on a padded
+  batch of ``uint8`` frames of different sizes (:func:`pad_frames`), on the step's device, so that
+  DataLoader workers only read bytes. Given the same crop boxes and flips
+  (:func:`train_crop_params` draws them from a generator exactly as :class:`Preprocessor` does) it
+  equals the per-item reference.
 
 Percentiles are computed on the integer histogram (``inverted_cdf``: the smallest gray level whose
 cumulative fraction reaches q), which is exact for 8/16-bit data and identical in numpy and torch.
@@ -105,14 +110,24 @@ def _rescale_resize_normalise(
     std: torch.Tensor,
 ) -> torch.Tensor:
     """``x (B, 1, H, W)`` float gray levels -> ``(B, 3, S, S)`` normalised model input."""
-    flat = (p_hi <= p_lo).view(-1, 1, 1, 1)  # a flat region maps to 0, as in percentile_rescale
-    x = ((x - p_lo.view(-1, 1, 1, 1)) / (p_hi - p_lo).clamp(min=1e-12).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
-    x = x.masked_fill(flat, 0.0)
+    x = _rescale(x, p_lo, p_hi)
     if x.shape[-2:] != (image_size, image_size):
         # antialias: ultrasound frames are often 3-4x the model size; without it speckle aliases.
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp_(0.0, 1.0)
-    x = x.expand(-1, 3, -1, -1)  # (B, 3, S, S): gray replicated, as the RGB-pretrained models expect
+    return _normalise(x, mean, std)
+
+
+def _rescale(x: torch.Tensor, p_lo: torch.Tensor, p_hi: torch.Tensor) -> torch.Tensor:
+    """``x (B, 1, H, W)`` gray levels -> [0, 1] by each frame's percentile window (flat region -> 0)."""
+    flat = (p_hi <= p_lo).view(-1, 1, 1, 1)  # a flat region maps to 0, as in percentile_rescale
+    x = ((x - p_lo.view(-1, 1, 1, 1)) / (p_hi - p_lo).clamp(min=1e-12).view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    return x.masked_fill(flat, 0.0)
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, S, S)`` in [0, 1] -> ``(B, 3, S, S)``: gray replicated, as the RGB-pretrained models expect."""
+    x = x.expand(-1, 3, -1, -1)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
@@ -268,3 +283,162 @@ class Preprocessor:
             # patch is anatomy-only and USrc would have nothing to sample, so fall back to all patches.
             valid = torch.ones_like(valid)
         return {"image": image.contiguous(), "scan_mask": m_small, "valid_patches": valid}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training preprocessing on a batch (the step's device): CPU workers only read uint8 bytes.
+# --------------------------------------------------------------------------------------------------
+
+
+def pad_frames(
+    frames: list[np.ndarray | torch.Tensor], masks: list[np.ndarray | torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gray ``uint8`` frames ``(h_i, w_i)`` (+ bool masks of the same shapes, or None = whole frame) ->
+    ``frames (B, Hm, Wm)`` uint8, ``masks (B, Hm, Wm)`` bool, ``sizes (B, 2)`` int64 ``[h, w]``: each
+    frame top-left on a zero canvas as large as the largest; the padding is outside every mask."""
+    if not frames:
+        raise ValueError("pad_frames needs at least one frame")
+    shapes = [tuple(f.shape) for f in frames]
+    if any(len(sh) != 2 for sh in shapes):
+        raise ValueError(f"pad_frames expects gray (h, w) frames, got shapes {shapes[:4]}")
+    hm, wm = max(sh[0] for sh in shapes), max(sh[1] for sh in shapes)
+    # numpy slice copies are plain memcpy (torch's strided uint8 copy is several times slower on CPU)
+    out = np.zeros((len(frames), hm, wm), dtype=np.uint8)
+    out_masks = np.zeros((len(frames), hm, wm), dtype=bool)
+    for i, f in enumerate(frames):
+        h, w = shapes[i]
+        out[i, :h, :w] = np.asarray(f)
+        if masks is None:
+            out_masks[i, :h, :w] = True
+        else:
+            if tuple(masks[i].shape) != (h, w):
+                raise ValueError(f"mask {i} is {tuple(masks[i].shape)} but its frame is {(h, w)}")
+            out_masks[i, :h, :w] = np.asarray(masks[i])
+    return torch.from_numpy(out), torch.from_numpy(out_masks), torch.tensor(shapes, dtype=torch.int64)
+
+
+def train_crop_params(
+    sizes: torch.Tensor, cfg: PreprocessConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random resized crop boxes ``(B, 4)`` int64 ``[top, left, h, w]`` and flips ``(B,)`` bool for frames
+    of ``sizes (B, 2)``: item by item, the same draws (box, then flip) as :class:`Preprocessor` in
+    training mode makes from ``generator``, so both give the same distribution (and, from one
+    generator state, the same crops)."""
+    boxes, flips = [], []
+    for h, w in sizes.tolist():
+        boxes.append(_random_crop_box(int(h), int(w), cfg.crop_scale, cfg.crop_ratio, generator))
+        flips.append(bool(cfg.hflip and float(torch.rand(1, generator=generator)) < 0.5))
+    return torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips, dtype=torch.bool)
+
+
+def _aa_weights(start: torch.Tensor, length: torch.Tensor, out: int, canvas: int, flip: torch.Tensor) -> torch.Tensor:
+    """``(B, out, canvas)`` resampling matrices: row ``i`` of item ``b`` holds PyTorch's antialiased
+    bilinear weights (``F.interpolate(..., antialias=True)``: a triangle filter stretched by the scale
+    when downsampling, renormalised at the edges) of output pixel ``i`` over the input span
+    ``start[b] : start[b] + length[b]`` of the canvas, read backwards where ``flip[b]``."""
+    dev = start.device
+    length_f = length.to(torch.float32).view(-1, 1, 1)
+    scale = length_f / out  # input pixels per output pixel
+    support = torch.clamp(scale, min=1.0)  # the filter's half-width in input pixels
+    centre = scale * (torch.arange(out, device=dev, dtype=torch.float32).view(1, -1, 1) + 0.5)  # crop coords
+    k = torch.arange(canvas, device=dev).view(1, 1, -1) - start.view(-1, 1, 1)  # canvas -> crop coords
+    local = torch.where(flip.view(-1, 1, 1), length.view(-1, 1, 1) - 1 - k, k).to(torch.float32)
+    w = torch.clamp(1.0 - torch.abs(local + 0.5 - centre) / support, min=0.0)
+    w = w * ((k >= 0) & (k < length.view(-1, 1, 1)))
+    return w / w.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def _nearest_index(start: torch.Tensor, length: torch.Tensor, out: int, flip: torch.Tensor) -> torch.Tensor:
+    """``(B, out)`` canvas indices of ``F.interpolate(mode="nearest")`` over each (flipped) span."""
+    i = torch.arange(out, device=start.device, dtype=torch.float32).view(1, -1)
+    src = torch.floor(i * (length.to(torch.float32).view(-1, 1) / out)).to(torch.int64)
+    src = torch.minimum(src, length.view(-1, 1) - 1)
+    src = torch.where(flip.view(-1, 1), length.view(-1, 1) - 1 - src, src)
+    return start.view(-1, 1) + src
+
+
+def _bin_edges(
+    start: torch.Tensor, length: torch.Tensor, g: int, flip: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, g)`` canvas [lo, hi) of adaptive max-pool bins (``floor(i n / g)`` .. ``ceil((i+1) n / g)``)
+    over each span; flipped spans are binned on the flipped axis."""
+    i = torch.arange(g, device=start.device).view(1, -1)
+    n = length.view(-1, 1)
+    lo, hi = (i * n) // g, -((-(i + 1) * n) // g)
+    lo, hi = torch.where(flip.view(-1, 1), n - hi, lo), torch.where(flip.view(-1, 1), n - lo, hi)
+    return start.view(-1, 1) + lo, start.view(-1, 1) + hi
+
+
+def preprocess_train_batch(
+    frames: torch.Tensor,
+    masks: torch.Tensor | None,
+    sizes: torch.Tensor,
+    cfg: PreprocessConfig,
+    *,
+    boxes: torch.Tensor | None = None,
+    flips: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Training preprocessing of a padded batch (:func:`pad_frames`) on the frames' device.
+
+    ``frames (B, Hm, Wm)`` uint8, ``masks (B, Hm, Wm)`` bool or None (whole frame), ``sizes (B, 2)``
+    ``[h, w]`` of each frame; ``boxes``/``flips`` from :func:`train_crop_params` (drawn from
+    ``generator`` when None; with ``cfg.train`` False the whole frame, unflipped). Returns
+    ``dict(image (B, 3, S, S) float32, scan_mask (B, S, S) bool, valid_patches (B, S/p, S/p) bool)``:
+    what :class:`Preprocessor` returns item by item for the same boxes and flips (percentiles inside
+    the region of the whole frame, then crop, flip, antialiased resize, normalise).
+    """
+    if frames.dim() != 3 or frames.dtype != torch.uint8:
+        raise ValueError(
+            f"preprocess_train_batch expects (B, H, W) uint8 frames, got {tuple(frames.shape)} {frames.dtype}"
+        )
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(f"image_size {cfg.image_size} must be a multiple of patch_size {cfg.patch_size}")
+    b, hm, wm = frames.shape
+    dev = frames.device
+    sizes = sizes.to(dev)
+    h, w = sizes[:, 0], sizes[:, 1]
+    inside = (torch.arange(hm, device=dev).view(1, -1, 1) < h.view(-1, 1, 1)) & (
+        torch.arange(wm, device=dev).view(1, 1, -1) < w.view(-1, 1, 1)
+    )  # (B, Hm, Wm): the frame, not its padding
+    region = inside if masks is None else masks.to(dev).bool() & inside
+    # Percentiles of an empty region: the whole frame (percentile_rescale's rule); the mask stays empty.
+    window = torch.where(region.flatten(1).any(dim=1).view(-1, 1, 1), region, inside)
+    if boxes is None or flips is None:
+        if cfg.train:
+            boxes, flips = train_crop_params(sizes.cpu(), cfg, generator)
+        else:
+            boxes = torch.stack([torch.zeros_like(h), torch.zeros_like(w), h, w], dim=1)
+            flips = torch.zeros(b, dtype=torch.bool)
+    boxes, flips = boxes.to(dev), flips.to(dev)
+    top, left, ch, cw = boxes.unbind(dim=1)
+    s = cfg.image_size
+
+    p_lo, p_hi = batch_percentiles(frames, window, cfg.percentile_lo, cfg.percentile_hi)
+    x = _rescale(frames.unsqueeze(1).to(torch.float32), p_lo, p_hi)[:, 0]  # (B, Hm, Wm) in [0, 1]
+    rows = _aa_weights(top, ch, s, hm, torch.zeros_like(flips))  # (B, S, Hm)
+    cols = _aa_weights(left, cw, s, wm, flips)  # (B, S, Wm)
+    x = torch.bmm(torch.bmm(rows, x), cols.transpose(1, 2)).clamp_(0.0, 1.0)  # (B, S, S)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=dev)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=dev)
+    image = _normalise(x.unsqueeze(1), mean, std)
+
+    ri = _nearest_index(top, ch, s, torch.zeros_like(flips))  # (B, S)
+    ci = _nearest_index(left, cw, s, flips)  # (B, S)
+    bi = torch.arange(b, device=dev).view(-1, 1, 1)
+    scan = region[bi, ri.view(b, s, 1), ci.view(b, 1, s)]  # (B, S, S)
+
+    g = s // cfg.patch_size
+    integral = F.pad(region.to(torch.int32).cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, Hm+1, Wm+1)
+    r0, r1 = _bin_edges(top, ch, g, torch.zeros_like(flips))  # (B, g)
+    c0, c1 = _bin_edges(left, cw, g, flips)
+    bg = torch.arange(b, device=dev).view(-1, 1, 1)
+
+    def corner(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return integral[bg, r.view(b, g, 1), c.view(b, 1, g)]
+
+    counts = corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)  # (B, g, g) region pixels
+    valid = counts > 0
+    # A crop that misses the region: every patch valid, as in Preprocessor (USrc needs somewhere to draw).
+    valid = torch.where(valid.flatten(1).any(dim=1).view(-1, 1, 1), valid, torch.ones_like(valid))
+    return {"image": image.contiguous(), "scan_mask": scan, "valid_patches": valid}

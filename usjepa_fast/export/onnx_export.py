@@ -105,22 +105,14 @@ class _ExportModule(nn.Module):
 
     def __init__(self, encoder: nn.Module, tokens: bool, half: bool) -> None:
         super().__init__()
-        self.model = encoder.model
-        self.pool = encoder.info.pool
-        self.num_prefix = encoder.info.num_prefix_tokens
+        self.encoder = encoder
         self.tokens = tokens
         self.half = half
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.half:
             x = x.half()
-        feats = self.model.forward_features(x)  # (B, P+N, D) for ViTs, (B, C, H, W) for conv nets
-        if feats.ndim == 4:
-            feats = feats.flatten(2).transpose(1, 2)  # (B, HW, C)
-            patch = feats
-        else:
-            patch = feats[:, self.num_prefix :]  # (B, N, D)
-        pooled = feats[:, 0] if self.pool == "cls" else patch.mean(dim=1)  # (B, D)
+        pooled, patch = self.encoder.features(x)  # (B, D), (B, N, D): the encoder's own pooling
         if not self.tokens:
             return pooled.float()
         return pooled.float(), patch.float()

@@ -92,18 +92,30 @@ class FrozenEncoder(nn.Module):
     def train(self, mode: bool = True) -> FrozenEncoder:  # a frozen encoder never leaves eval mode
         return super().train(False)
 
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features and patch tokens from one ``forward_features`` call: (B, 3, S, S) ->
+        ((B, D), (B, N, D)). The one pooling of usfast (embed, probe and the ONNX export use it):
+        ``cls`` = token 0, ``mean`` = mean of the patch tokens, then the model's own ``fc_norm`` when
+        it normalises after pooling (BEiT / USFM), i.e. timm's ``forward_head(..., pre_logits=True)``."""
+        feats = self.model.forward_features(x)
+        if feats.ndim == 4:  # convolutional timm models / SAM's neck: (B, C, H, W) -> (B, HW, C)
+            feats = feats.flatten(2).transpose(1, 2)
+            tokens = feats
+        else:
+            tokens = feats[:, self.info.num_prefix_tokens :]
+        pooled = feats[:, 0] if self.info.pool == "cls" else tokens.mean(dim=1)
+        fc_norm = getattr(self.model, "fc_norm", None)
+        if isinstance(fc_norm, nn.Module) and not isinstance(fc_norm, nn.Identity):
+            pooled = fc_norm(pooled)
+        return pooled, tokens
+
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the final norm: (B, 3, S, S) -> (B, N, D)."""
-        feats = self.model.forward_features(x)
-        if feats.ndim == 4:  # convolutional timm models: (B, C, H, W) -> (B, HW, C)
-            return feats.flatten(2).transpose(1, 2)
-        return feats[:, self.info.num_prefix_tokens :]
+        return self.features(x)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features: (B, 3, S, S) -> (B, D)."""
-        if self.info.pool == "cls":
-            return self.model.forward_features(x)[:, 0]
-        return self.forward_tokens(x).mean(dim=1)
+        return self.features(x)[0]
 
 
 def build_timm_model(timm_name: str, timm_kwargs: dict[str, Any] | None = None) -> nn.Module:

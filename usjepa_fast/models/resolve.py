@@ -3,7 +3,8 @@ torch encoder. Every command that takes an encoder (train's teacher, embed, expo
 robustness, compare) comes through here; ``embed.backends.open_backend`` runs the ONNX / TensorRT
 files itself and hands every other form to :func:`resolve_encoder`.
 
-Spec forms (:func:`parse_encoder_spec` says which one a string is):
+Spec forms (:func:`parse_encoder_spec`, in :mod:`usjepa_fast.models.specs` and re-exported here,
+says which one a string is):
 
 ========== ============================================ ==========================================
 form       written as                                   weights, normalisation, pooling
@@ -16,8 +17,9 @@ usfast     ``runs/salt`` or ``.../student.safetensors`` the file, rebuilt from i
            (with ``student.json`` beside it)            sidecar; the sidecar's mean/std/pool
 checkpoint ``urfm.pth`` + ``arch=vit_base_patch16_224`` the file (any wrapper/prefix layout);
                                                         timm's default mean/std for ``arch``
-zoo        ``zoo:URFM=/ckpt/urfm.pth``                  the zoo entry's loader, key remaps,
-                                                        mean/std, pooling, input size and arch
+zoo        ``zoo:URFM=/ckpt/urfm.pth``,                 the zoo entry's loader, key remaps,
+           ``zoo:V-JEPA:encoder=vitl16.pth.tar``        layout, mean/std, pooling, input size and
+                                                        arch; ``:BRANCH`` picks a sub-dict
 runtime    ``model.onnx``, ``model.engine``             refused here (one line): run by
                                                         ``embed.backends.open_backend``
 ========== ============================================ ==========================================
@@ -26,6 +28,10 @@ runtime    ``model.onnx``, ``model.engine``             refused here (one line):
 already known, so an ``arch`` equal to it is accepted (recipes set ``teacher.arch``) and any other
 ``arch`` is a one-line :class:`UsfastError`, never a timm traceback further down. ``mean`` / ``std``
 replace the declared normalisation (raw checkpoints, whose normalisation timm cannot know).
+
+A checkpoint that leaves model weights missing is refused with the keys listed; ``allow_partial``
+(or the process default of :func:`partial_loads`, which the CLI's ``--allow-partial`` sets) loads
+what fits instead, leaves the rest at the seeded initialisation and logs the count.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ import importlib
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,124 +53,17 @@ from torch import nn
 from usjepa_fast.errors import CheckpointError, UsfastError
 from usjepa_fast.models.checkpoints import file_sha256, load_state_dict_flexible, read_checkpoint
 from usjepa_fast.models.frozen import EncoderInfo, FrozenEncoder, build_timm_model, read_sidecar
-from usjepa_fast.models.zoo import ZooEntry, parse_zoo_spec, remap_state_dict, zoo_entry
+from usjepa_fast.models.specs import (  # noqa: F401 - RUNTIME_SUFFIXES / SPEC_FORMS_HELP: the resolver's API
+    POOLS,
+    RUNTIME_SUFFIXES,
+    SPEC_FORMS_HELP,
+    EncoderSpec,
+    _zoo_text,
+    parse_encoder_spec,
+)
+from usjepa_fast.models.zoo import ZooEntry, remap_state_dict, zoo_entry
 
 log = logging.getLogger("usfast")
-
-Form = Literal["timm", "random", "usfast", "checkpoint", "zoo", "runtime"]
-RUNTIME_SUFFIXES = (".onnx", ".engine", ".plan")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar", ".ckpt")
-POOLS = ("mean", "cls")
-RUN_DIR_STUDENT = "student.safetensors"
-SPEC_FORMS_HELP = (
-    "a timm name, a usfast run dir / .safetensors, a checkpoint with --arch, zoo:NAME=PATH, random:SPEC[@seed], "
-    "or an .onnx / .engine file"
-)
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """A parsed encoder spec: which form it is and what it points at."""
-
-    form: Form
-    text: str  # the spec as written
-    path: Path | None = None  # weights file (usfast: the .safetensors; zoo / checkpoint / runtime: the file)
-    name: str = ""  # timm: the model name; checkpoint: the arch; zoo: the entry name
-    base: EncoderSpec | None = None  # random: the spec whose architecture is copied
-    seed: int | None = None  # random: the @seed suffix (None = the caller's seed)
-    entry: ZooEntry | None = field(default=None, compare=False)  # zoo: the entry (tests may pass a variant)
-
-    @property
-    def sidecar(self) -> Path | None:
-        """The usfast ``.json`` description beside a ``.safetensors`` (usfast form only)."""
-        return self.path.with_suffix(".json") if self.form == "usfast" and self.path is not None else None
-
-    @classmethod
-    def for_zoo(cls, entry: ZooEntry, checkpoint: str | Path) -> EncoderSpec:
-        """The zoo form for an entry object (e.g. a test variant of a paper baseline)."""
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise UsfastError(f"{entry.name} checkpoint {path} does not exist; pass the local weights file")
-        return cls("zoo", f"zoo:{entry.name}={path}", path, entry.name, entry=entry)
-
-
-def _split_seed(body: str) -> tuple[str, int | None]:
-    head, sep, tail = body.rpartition("@")
-    if sep and tail.isdigit():
-        return head, int(tail)
-    return body, None
-
-
-def _run_dir_student(path: Path) -> Path:
-    candidate = path / RUN_DIR_STUDENT
-    if not candidate.is_file():
-        raise UsfastError(
-            f"{path} is a directory without {RUN_DIR_STUDENT} (a finished usfast run writes it); pass a checkpoint file"
-        )
-    return candidate
-
-
-def parse_encoder_spec(spec: str | Path | EncoderSpec, arch: str | None = None) -> EncoderSpec:
-    """Say which form ``spec`` is (see the module doc); one-line errors for what is none of them.
-
-    Only cheap checks happen here (files exist, the zoo entry exists, a raw checkpoint has ``arch``);
-    reading a sidecar and checking ``arch`` against it is :func:`resolve_encoder`'s job.
-    """
-    if isinstance(spec, EncoderSpec):
-        return spec
-    text = str(spec).strip()
-    if not text:
-        raise UsfastError(f"empty encoder spec; pass {SPEC_FORMS_HELP}")
-    if text.startswith("random:"):
-        body, seed = _split_seed(text[len("random:") :])
-        if not body:
-            raise UsfastError(
-                f"{text!r}: random: needs a spec, e.g. random:runs/salt or random:vit_small_patch16_224@1"
-            )
-        base = parse_encoder_spec(body, arch)
-        if base.form in ("random", "runtime"):
-            what = "another random: spec" if base.form == "random" else "an ONNX / TensorRT file"
-            raise UsfastError(
-                f"{text}: random: copies the architecture of a torch-loadable spec (timm name, usfast run dir, "
-                f"checkpoint + arch, zoo:NAME=PATH), not {what}"
-            )
-        return EncoderSpec("random", text, base.path, base.name, base=base, seed=seed)
-    zoo = parse_zoo_spec(text)
-    if zoo is not None:
-        entry = zoo_entry(zoo[0])
-        path = Path(zoo[1]).expanduser()
-        if entry.loader == "usfast" and path.is_dir():
-            path = _run_dir_student(path)
-        if not path.is_file():
-            raise UsfastError(
-                f"{text}: {entry.name} checkpoint {path} does not exist; pass the local weights file (nothing is "
-                "downloaded)"
-            )
-        return EncoderSpec("zoo", text, path, entry.name, entry=entry)
-    path = Path(text).expanduser()
-    if path.suffix.lower() in RUNTIME_SUFFIXES:
-        return EncoderSpec("runtime", text, path)
-    if path.is_dir():
-        return EncoderSpec("usfast", text, _run_dir_student(path))
-    if path.is_file():
-        if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-            return EncoderSpec("usfast", text, path)
-        if arch is None:
-            raise CheckpointError(
-                f"checkpoint {path} has no usfast sidecar ({path.with_suffix('.json').name}); pass its timm "
-                f"architecture (--arch / teacher.arch, e.g. vit_base_patch16_224 for URFM) or zoo:NAME={path}"
-            )
-        return EncoderSpec("checkpoint", text, path, arch)
-    import timm
-
-    if timm.is_model(text):
-        return EncoderSpec("timm", text, name=text)
-    if arch is not None or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in text:
-        raise CheckpointError(f"checkpoint {text} does not exist; check the path")
-    raise UsfastError(
-        f"'{text}' is neither an existing file nor a timm model name; pass a checkpoint path, a usfast run dir, "
-        "zoo:NAME=PATH or a timm name"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +82,7 @@ class _Plan:
     input_size: int | None = None  # declared side when the model does not say (zoo entries)
     weights: Path | None = None  # None = random init
     entry: ZooEntry | None = None  # zoo (timm loader): key remaps / filter of the release layout
+    branch: str | None = None  # zoo: the checkpoint sub-dict picked by the spec
     sidecar: Path | None = None  # usfast: the description the weights must fit
     plain_fallback: bool = False  # timm name / raw checkpoint: non-ViT models take {"num_classes": 0}
 
@@ -247,7 +147,7 @@ def _plan(spec: EncoderSpec, arch: str | None, pool: str | None, img_size: int |
                 f"{entry.name} ({entry.architecture}) cannot be loaded by usfast: {entry.notes} Embed it with the "
                 "authors' code and pass the features directory instead"
             )
-        source = f"zoo:{entry.name}={spec.path.resolve()}"
+        source = _zoo_text(entry, spec.path.resolve(), spec.branch)
         if entry.loader == "usfast":  # a usfast export: its sidecar is the description (arch checked there)
             plan = _plan(EncoderSpec("usfast", str(spec.path), spec.path), arch, pool, img_size)
             plan.name, plan.source = entry.name, source
@@ -267,6 +167,7 @@ def _plan(spec: EncoderSpec, arch: str | None, pool: str | None, img_size: int |
             input_size=img_size or entry.input_size,
             weights=spec.path,
             entry=entry,
+            branch=spec.branch,
         )
     raise AssertionError(f"no plan for form {spec.form}")  # random / runtime are handled by the callers
 
@@ -284,13 +185,14 @@ def _build(plan: _Plan, device: str | None = None) -> nn.Module:
             return build_timm_model(plan.timm_name, plan.timm_kwargs)
 
 
-def _load_weights(model: nn.Module, plan: _Plan) -> str:
-    """Load ``plan.weights`` into ``model``; returns the file's sha256 (the cache identity)."""
+def _load_weights(model: nn.Module, plan: _Plan, allow_partial: bool) -> str:
+    """Load ``plan.weights`` into ``model``; returns the cache identity (the file's sha256, marked
+    ``+partial`` when weights were missing and left at the seeded initialisation)."""
     assert plan.weights is not None
     path = plan.weights
     if plan.entry is not None:
         entry = plan.entry
-        state = remap_state_dict(entry, read_checkpoint(path))
+        state = remap_state_dict(entry, read_checkpoint(path), branch=plan.branch)
         if entry.timm_filter:
             module_name, fn_name = entry.timm_filter.split(":")
             try:
@@ -300,18 +202,26 @@ def _load_weights(model: nn.Module, plan: _Plan) -> str:
                 raise CheckpointError(
                     f"{path} is not in the {entry.name} release layout ({entry.release_format}): {first}"
                 ) from None
-        load_state_dict_flexible(
-            model, state, label=str(path), hint=f"is it a {entry.name} checkpoint ({entry.release_format})?"
+        report = load_state_dict_flexible(
+            model,
+            state,
+            label=str(path),
+            hint=f"is it a {entry.name} checkpoint ({entry.release_format})?",
+            layout=entry.layout,
+            native_size=entry.input_size,
+            allow_partial=allow_partial,
         )
     elif plan.sidecar is not None:
-        load_state_dict_flexible(
+        report = load_state_dict_flexible(
             model,
             path,
             hint=f"the weights do not match their sidecar {plan.sidecar}; restore the matching pair or re-export it",
+            allow_partial=allow_partial,
         )
     else:
-        load_state_dict_flexible(model, path)
-    return file_sha256(path)
+        report = load_state_dict_flexible(model, path, allow_partial=allow_partial)
+    digest = file_sha256(path)
+    return f"{digest}{PARTIAL_MARK}" if report.partial else digest
 
 
 def _info(model: nn.Module, plan: _Plan, source_hash: str) -> EncoderInfo:
@@ -340,6 +250,27 @@ def _info(model: nn.Module, plan: _Plan, source_hash: str) -> EncoderInfo:
         timm_name=plan.timm_name,
         timm_kwargs=dict(plan.timm_kwargs),
     )
+
+
+PARTIAL_MARK = "+partial"  # source_hash suffix: missing tensors came from the seeded initialisation
+_allow_partial_default = False
+
+
+@contextlib.contextmanager
+def partial_loads(allowed: bool = True) -> Iterator[None]:
+    """Within the block, ``resolve_encoder(..., allow_partial=None)`` loads partial checkpoints
+    (the CLI's ``--allow-partial`` wraps one command in it)."""
+    global _allow_partial_default
+    previous = _allow_partial_default
+    _allow_partial_default = bool(allowed)
+    try:
+        yield
+    finally:
+        _allow_partial_default = previous
+
+
+def partial_loads_allowed() -> bool:
+    return _allow_partial_default
 
 
 def _triple(values: Sequence[float] | float | None, key: str) -> tuple[float, float, float] | None:
@@ -381,6 +312,7 @@ def _materialise(
     mean: Sequence[float] | float | None,
     std: Sequence[float] | float | None,
     load: bool,
+    allow_partial: bool | None = None,
 ) -> tuple[nn.Module, EncoderInfo]:
     parsed = parse_encoder_spec(spec, arch)
     _check_pool(pool)
@@ -412,8 +344,13 @@ def _materialise(
                     "encoder %s: random initialisation (seed %d); no weights are downloaded here", plan.name, seed
                 )
         else:
-            model = _build(plan, device)
-            source_hash = _load_weights(model, plan) if load else ""
+            partial = partial_loads_allowed() if allow_partial is None else bool(allow_partial)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))  # a partial load leaves the missing tensors at this init
+                model = _build(plan, device)
+            source_hash = _load_weights(model, plan, partial) if load else ""
+            if source_hash.endswith(PARTIAL_MARK):
+                source_hash += f"@{int(seed)}"
         info = _info(model, plan, source_hash)
     if mean_t is not None:
         info.mean = mean_t
@@ -430,15 +367,18 @@ def resolve_encoder(
     seed: int = 0,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
+    allow_partial: bool | None = None,
 ) -> FrozenEncoder:
     """Open ``spec`` (any form of the module doc but ``runtime``) as a :class:`FrozenEncoder` on the CPU.
 
     ``pool``: "mean" | "cls" (None = the sidecar's / zoo entry's, else "mean"); ``img_size``:
     rebuild at another input side (position embeddings resampled when the weights load);
-    ``seed``: the random init of timm names and ``random:`` specs without ``@seed``;
-    ``mean`` / ``std``: replace the declared normalisation (3 numbers, or one for all channels).
+    ``seed``: the random init of timm names and ``random:`` specs without ``@seed`` (and of the
+    tensors a partial load leaves missing); ``mean`` / ``std``: replace the declared normalisation
+    (3 numbers, or one for all channels); ``allow_partial``: load a checkpoint that does not cover the
+    model (missing tensors keep their init, the count is logged; None = :func:`partial_loads`' default).
     """
-    model, info = _materialise(spec, arch, pool, img_size, seed, mean, std, load=True)
+    model, info = _materialise(spec, arch, pool, img_size, seed, mean, std, load=True, allow_partial=allow_partial)
     return FrozenEncoder(model, info)
 
 
@@ -462,6 +402,10 @@ def encoder_from_info(info: EncoderInfo) -> FrozenEncoder:
     if info.source_hash.startswith("random-init:"):
         with contextlib.suppress(ValueError):
             seed = int(info.source_hash.rsplit(":", 1)[1])
+    partial = PARTIAL_MARK in info.source_hash  # re-open it the way it was opened, same seeded init
+    if partial:
+        with contextlib.suppress(ValueError):
+            seed = int(info.source_hash.rsplit("@", 1)[1])
     arch = info.timm_name or None
     try:
         parsed = parse_encoder_spec(info.source, arch=arch)
@@ -478,4 +422,5 @@ def encoder_from_info(info: EncoderInfo) -> FrozenEncoder:
         seed=seed,
         mean=info.mean,
         std=info.std,
+        allow_partial=True if partial else None,
     )
