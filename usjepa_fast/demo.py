@@ -18,7 +18,6 @@ summary (collected in ``demo_summary.json``). Later parts of usfast append stage
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from usjepa_fast.fileio import atomic_write_json
 
 
 @dataclass
@@ -100,9 +101,10 @@ def stage_ultrabench(ctx: DemoContext) -> dict:
 
 
 def stage_folders(ctx: DemoContext) -> dict:
+    from usjepa_fast.data.dali import DaliCpuDecoder, dali_available
     from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
     from usjepa_fast.data.media import list_media
-    from usjepa_fast.data.video import DaliCpuDecoder, FrameSampling, PyAVDecoder, dali_available
+    from usjepa_fast.data.video import FrameSampling, PyAVDecoder
 
     images = ImageFolderDataset(ctx.state["ultrabench"] / "images", scan_mask="none")
     ctx.echo(f"  image folder: {len(images)} images, first {images[0]['image'].shape} {images[0]['image'].dtype}")
@@ -189,6 +191,7 @@ def stage_scan_regions(ctx: DemoContext, n_images: int = 48) -> dict:
 def stage_corpus(ctx: DemoContext) -> dict:
     from usjepa_fast.data.corpus import build_pretrain_corpus
     from usjepa_fast.data.preprocess import PreprocessConfig
+    from usjepa_fast.data.sampler import CorpusSampler
     from usjepa_fast.data.video import FrameSampling
 
     # A small cap so that the demo shows the capping at work on small synthetic data.
@@ -199,15 +202,25 @@ def stage_corpus(ctx: DemoContext) -> dict:
         cap=cap,
         sampling=FrameSampling(every_k=2),
     )
-    sampler = corpus.sampler(num_samples=2000, seed=ctx.seed)
-    drawn = np.bincount([corpus.locate(i)[0] for i in sampler], minlength=len(corpus.datasets)) / len(sampler)
+    # The trainer's sampler: weights min(size, cap), permutation streams inside each member.
+    sampler = CorpusSampler.from_corpus(corpus, num_samples=2000, seed=ctx.seed)
+    sampler.set_epoch(1)
+    order = list(sampler)
+    drawn = np.bincount([sampler.member_of(i) for i in order], minlength=len(corpus.datasets)) / len(order)
     rows = []
     for row, frac in zip(corpus.summary(), drawn, strict=True):
         ctx.echo(f"  {row['name']:<24} {row['size']:5d} items  weight {row['weight']:.3f}  drawn {frac:.3f}")
         rows.append({**row, "drawn": round(float(frac), 4)})
+    # Resume check: a sampler restarted mid-epoch (as after a killed run) continues the same order.
+    resumed = CorpusSampler.from_corpus(corpus, num_samples=2000, seed=ctx.seed)
+    resumed.set_epoch(1, start=777)
+    resume_exact = list(resumed) == order[777:]
+    ctx.echo(f"  sampler resumed at item 777 of epoch 1 continues the same order: {resume_exact}")
+    if not resume_exact:
+        raise RuntimeError("the corpus sampler did not resume exactly; this is a bug")
     item = corpus[0]
     ctx.echo(f"  item keys {sorted(item)}; image {tuple(item['image'].shape)}")
-    return {"cap": cap, "members": rows}
+    return {"cap": cap, "members": rows, "resume_exact": resume_exact}
 
 
 def stage_train(ctx: DemoContext) -> dict:
@@ -346,6 +359,6 @@ def run_demo(
         result = fn(ctx)
         result["stage_seconds"] = round(time.perf_counter() - t0, 2)
         ctx.summary[name] = result
-        (out_dir / "demo_summary.json").write_text(json.dumps(ctx.summary, indent=1, default=str))
+        atomic_write_json(out_dir / "demo_summary.json", ctx.summary, indent=1)
     echo(f"demo finished in {time.perf_counter() - t_all:.1f}s; summary in {out_dir / 'demo_summary.json'}")
     return ctx

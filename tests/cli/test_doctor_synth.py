@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from usjepa_fast.cli.doctor import check_pyav, check_triton, collect_checks, format_checks
@@ -30,9 +31,9 @@ def test_pyav_codecs_reported() -> None:
 
 
 def test_triton_interpreter_probe_runs_a_kernel() -> None:
+    pytest.importorskip("triton", reason="Triton is not installed: there is no interpreter to probe")
     rows = {r.name: r for r in check_triton(run_interpreter=True)}
-    if rows["Triton"].detail.startswith("not importable"):
-        return  # nothing to probe on this machine
+    assert not rows["Triton"].detail.startswith("not importable"), rows["Triton"].detail
     assert rows["Triton interpreter"].ok, rows["Triton interpreter"].detail
 
 

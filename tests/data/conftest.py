@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_helpers import CONTAINERS, moving_frames, write_clip
+from support.media import CONTAINERS, moving_frames, write_clip
 
 
 @pytest.fixture

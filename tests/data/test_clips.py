@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from data_helpers import folder_state, moving_frames, remux_with_edit_list, truncate_after_index, write_clip
 from PIL import Image
+from support.media import folder_state, moving_frames, remux_with_edit_list, truncate_after_index, write_clip
 
 from usjepa_fast.data import clips, synth
 from usjepa_fast.data.clips import ClipIndex, _SpreadKeeper, clip_index, scan_mask, spread_frames, spread_positions

@@ -1,4 +1,4 @@
-"""Mixed pretraining corpus: min(size, cap) weights, weighted sampler, auto-detected sources."""
+"""Mixed pretraining corpus: min(size, cap) weights, auto-detected sources (sampling: test_sampler.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from usjepa_fast.data.corpus import MixedCorpus, build_pretrain_corpus
 from usjepa_fast.data.preprocess import PreprocessConfig
+from usjepa_fast.data.sampler import CorpusSampler
 from usjepa_fast.data.video import FrameSampling
 from usjepa_fast.errors import DataError
 
@@ -38,43 +39,6 @@ def test_weights_are_min_size_cap() -> None:
     assert item["source"] == 1 and item["image"].item() == 5 and "tag" not in item  # keys projected
 
 
-def test_sampler_proportions_match_weights_and_cover_small_sets() -> None:
-    sizes = [10, 1000, 200]
-    corpus = MixedCorpus([_Range(n, i) for i, n in enumerate(sizes)], cap=300)
-    sampler = corpus.sampler(num_samples=20_000, seed=1)
-    idx = list(sampler)
-    assert len(idx) == len(sampler) == 20_000
-    src = np.array([corpus.locate(i)[0] for i in idx])
-    frac = np.bincount(src, minlength=3) / len(src)
-    # multinomial: std of each fraction is below 0.004 here; 0.015 is > 3.5 sigma
-    np.testing.assert_allclose(frac, corpus.weights, atol=0.015)
-    # within the small dataset every item is drawn (permutation stream, not i.i.d. draws)
-    small = [corpus.locate(i)[1] for i in idx if corpus.locate(i)[0] == 0]
-    counts = np.bincount(small, minlength=10)
-    assert counts.max() - counts.min() <= 1
-
-
-def test_sampler_is_deterministic_and_changes_per_epoch() -> None:
-    corpus = MixedCorpus([_Range(50, 0), _Range(70, 1)])
-    a, b = corpus.sampler(100, seed=3), corpus.sampler(100, seed=3)
-    assert list(a) == list(b)
-    a.set_epoch(1)
-    assert list(a) != list(b)
-    b.set_epoch(1)
-    assert list(a) == list(b)
-    assert corpus.sampler().num_samples == 120  # default: the capped total
-
-
-def test_sampler_rank_shards_are_disjoint() -> None:
-    from usjepa_fast.data.corpus import CorpusSampler
-
-    corpus = MixedCorpus([_Range(40, 0), _Range(60, 1)])
-    full = corpus.sampler(101, seed=0).indices().tolist()
-    parts = [list(CorpusSampler(corpus.sizes, corpus.weights, 101, 0, rank=r, world_size=2)) for r in (0, 1)]
-    assert parts[0] + parts[1] != full and sorted(parts[0] + parts[1]) == sorted(full)
-    assert len(parts[0]) == 51 and len(parts[1]) == 50
-
-
 def test_bad_corpora() -> None:
     with pytest.raises(DataError, match="empty"):
         MixedCorpus([])
@@ -91,7 +55,8 @@ def test_build_from_ultrabench_clips_and_image_folder(synth_root, tmp_path) -> N
     assert [n.split("[")[1] for n in corpus.names] == ["ultrabench:train]", "videos]", "images]"]
     assert corpus.sizes[1] == 3 * 4  # 3 clips x 16 frames, every 4th
     np.testing.assert_allclose(corpus.weights, np.minimum(corpus.sizes, 40) / np.minimum(corpus.sizes, 40).sum())
-    batch = torch.utils.data.default_collate([corpus[i] for i in list(corpus.sampler(6, seed=0))])
+    sampler = CorpusSampler.from_corpus(corpus, num_samples=6, seed=0)
+    batch = torch.utils.data.default_collate([corpus[i] for i in sampler])
     assert batch["image"].shape == (6, 3, 32, 32) and batch["valid_patches"].shape == (6, 2, 2)
     with pytest.raises(DataError, match="does not exist"):
         build_pretrain_corpus([str(tmp_path / "nope")], pp)

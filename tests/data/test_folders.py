@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from data_helpers import CONTAINERS, moving_frames, write_clip
 from PIL import Image
+from support.media import CONTAINERS, moving_frames, write_clip
 
 from usjepa_fast.data.clips import clip_index
 from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_helpers import CONTAINERS, moving_frames, write_clip
+import torch
+from support.media import CONTAINERS, moving_frames, write_clip
 
+from usjepa_fast.data.dali import DaliCpuDecoder, dali_available
 from usjepa_fast.data.video import (
-    DaliCpuDecoder,
     FrameSampling,
     PyAVDecoder,
     VideoDecoder,
     _Sampler,
-    dali_available,
     get_decoder,
+    resolve_decoder,
 )
 from usjepa_fast.errors import BackendUnavailableError, DataError
 
@@ -60,8 +61,21 @@ def test_decoder_applies_sampling(tmp_path) -> None:
 def test_get_decoder_and_protocol() -> None:
     assert isinstance(get_decoder("pyav"), VideoDecoder)
     assert get_decoder("auto").name == "pyav"
+    assert get_decoder("auto", device="cpu").name == "pyav"  # auto = PyAV unless the device is CUDA
+    assert get_decoder("pyav", threads=1).threads == 1
     with pytest.raises(DataError, match="unknown video decoder"):
         get_decoder("ffmpeg-gpu")
+    assert resolve_decoder("auto", "cpu") == "pyav" and resolve_decoder("dali", "cpu") == "dali"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_dali_gpu_without_a_gpu_is_a_one_line_refusal() -> None:
+    from usjepa_fast.data.dali_gpu import dali_gpu_available
+
+    assert not dali_gpu_available()
+    assert resolve_decoder("auto", "cuda") == "pyav"  # auto falls back when NVDEC is not usable
+    with pytest.raises(BackendUnavailableError, match="dali-gpu|DALI GPU"):
+        get_decoder("dali-gpu", device="cuda")
 
 
 def test_bad_videos(tmp_path) -> None:
@@ -101,6 +115,84 @@ def test_dali_cpu_matches_pyav_on_vp9_and_mjpeg(synth_root) -> None:
 
 
 @dali
+def test_dali_uses_real_timestamps_and_decodes_only_kept_frames(tmp_path) -> None:
+    """Variable frame rate clip: DALI's timestamps and fps-sampled frames are PyAV's (packet pts,
+    not index / fps), and with frame selection only the kept frames come out of the pipeline."""
+    import av
+
+    from usjepa_fast.data.dali import DaliClipPipeline, dali_frame_selection, dali_video_op
+
+    frames = moving_frames(n=10)
+    path = tmp_path / "vfr.webm"
+    pts = [0, 1, 2, 3, 8, 9, 10, 11, 12, 13]  # a gap: 10 fps time base, frames 4.. are 0.4 s late
+    with av.open(str(path), mode="w") as c:
+        st = c.add_stream("libvpx-vp9", rate=10)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        st.options = {"deadline": "realtime", "cpu-used": "8"}
+        for f, t in zip(frames, pts, strict=True):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="gray").reformat(format="yuv420p")
+            vf.pts = t
+            for p in st.encode(vf):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    sampling = FrameSampling(fps=5)
+    a = list(DaliCpuDecoder().frames(path, sampling))
+    b = list(PyAVDecoder().frames(path, sampling))
+    assert [f.index for f in a] == [f.index for f in b]
+    assert [f.timestamp for f in a] == pytest.approx([f.timestamp for f in b], abs=1e-6)
+    assert max(f.timestamp for f in a) > 1.0  # the real 1.3 s span, not 9 frames / 10 fps
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x.image.astype(int) - y.image).mean() < 1.0
+    assert callable(dali_video_op())
+    if dali_frame_selection():
+        out = DaliClipPipeline("cpu").decode(path, [1, 7])
+        assert np.asarray(out.at(0)).shape[0] == 2  # only the asked-for frames were decoded
+
+
+@dali
+def test_dali_bad_clip_is_a_data_error_and_the_decoder_keeps_working(synth_root, tmp_path) -> None:
+    good = synth_root / "clips" / "clip_001.webm"
+    bad = tmp_path / "bad.webm"
+    data = good.read_bytes()
+    bad.write_bytes(data[:200] + bytes(len(data) - 200))  # header kept, frames zeroed
+    dec = DaliCpuDecoder()
+    with pytest.raises(DataError, match="bad.webm"):
+        list(dec.frames(bad))
+    assert len(list(dec.frames(good, FrameSampling(max_frames=2)))) == 2
+
+
+@dali
+def test_dali_registry_entry_falls_back_to_pyav_per_file(synth_root) -> None:
+    clips = synth_root / "clips"
+    dec = get_decoder("dali")
+    assert dec.name == "dali" and isinstance(dec, VideoDecoder)
+    h264 = list(dec.frames(clips / "clip_000.mp4", FrameSampling(max_frames=3)))  # DALI CPU refuses H.264
+    vp9 = list(dec.frames(clips / "clip_001.webm", FrameSampling(max_frames=3)))
+    assert [f.index for f in h264] == [f.index for f in vp9] == [0, 1, 2]
+
+
+@dali
 def test_dali_cpu_refuses_h264_with_a_clear_error(synth_root) -> None:
     with pytest.raises(BackendUnavailableError, match="h264"):
         list(DaliCpuDecoder().frames(synth_root / "clips" / "clip_000.mp4"))
+
+
+@pytest.mark.gpu
+def test_dali_gpu_decodes_the_kept_frames_on_the_device(synth_root) -> None:
+    pytest.importorskip("nvidia.dali")
+    from usjepa_fast.data.dali_gpu import DaliGpuDecoder, dali_gpu_available
+
+    if not dali_gpu_available():
+        pytest.skip("DALI's GPU build is not installed")
+    sampling = FrameSampling(every_k=3, max_frames=4)
+    dec = DaliGpuDecoder("cuda")
+    for name in ("clip_000.mp4", "clip_001.webm", "clip_002.avi"):
+        path = synth_root / "clips" / name
+        clip = dec.decode_clip(path, sampling)
+        ref = list(PyAVDecoder().frames(path, sampling))
+        assert clip.gray.is_cuda and clip.gray.shape[0] == len(ref) == 4
+        assert clip.indices == [f.index for f in ref]
+        assert clip.timestamps == pytest.approx([f.timestamp for f in ref], abs=1e-6)
+        diff = np.abs(clip.gray.cpu().numpy().astype(int) - np.stack([f.image for f in ref])).mean()
+        assert diff < 2.0

@@ -96,12 +96,14 @@ def test_image_folder_and_ultrabench_split(synth_root, tmp_path, torch_backend) 
     X, rows = load(tmp_path / "ub")
     assert s.files_embedded == 48 and len(rows) == 48 and all(r.path.startswith("images/") for r in rows)
     assert not any("masks/" in r.path for r in rows)  # an UltraBench dir embeds its records, not its masks
-    Xt, yt = embed_split(torch_backend, ub, "test", batch_size=5)
+    split = embed_split(torch_backend, ub, "test", batch_size=5)
+    Xt, yt = split.x, split.y
     from usjepa_fast.data.ultrabench import UltraBenchDataset
 
     ds = UltraBenchDataset(ub, "test")
-    assert Xt.shape == (len(ds), X.shape[1]) and Xt.dtype == np.float32
+    assert Xt.shape == (len(ds), X.shape[1]) and Xt.dtype == np.float32 and not split.failed
     np.testing.assert_array_equal(yt, ds.labels)
+    assert split.paths == [str(p) for p in ds.paths] and split.index.tolist() == list(range(len(ds)))
     by_path = {r.path: i for i, r in enumerate(rows)}
     idx = [by_path[p.relative_to(ub).as_posix()] for p in ds.paths]
     assert _cos(Xt, X[idx]).min() > 0.9999  # folder embedding == split embedding (same pixels)

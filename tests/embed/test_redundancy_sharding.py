@@ -53,3 +53,16 @@ def test_shares_are_disjoint_complete_deterministic_and_balanced() -> None:
     loads = [sum(sizes[i] for i in s) for s in shares]
     assert max(loads) - min(loads) <= max(sizes)
     assert assign_shares(sizes, 1) == [list(range(len(sizes)))]
+
+
+def test_device_thumbnails_equal_the_numpy_block_means() -> None:
+    import torch
+
+    from usjepa_fast.embed.redundancy import block_thumbnails_torch
+
+    frames = np.random.default_rng(1).integers(0, 255, (3, 70, 45)).astype(np.uint8)
+    got = block_thumbnails_torch(torch.from_numpy(frames), 16)
+    for g, f in zip(got, frames, strict=True):
+        np.testing.assert_allclose(g, block_thumbnail(f, 16), rtol=1e-6)
+    small = np.zeros((2, 8, 8), np.uint8)
+    assert block_thumbnails_torch(torch.from_numpy(small), 16).shape == (2, 8, 8)

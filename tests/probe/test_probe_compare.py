@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import tiny_encoder
+from support.probe import tiny_encoder
 
 from usjepa_fast.errors import UsfastError
 from usjepa_fast.probe.compare import EvalConfig, compare, format_table, probe_report, read_reference_table

@@ -7,15 +7,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder
+from support.probe import tiny_encoder
 
-from usjepa_fast.errors import DataError, UsfastError
+from usjepa_fast.errors import UsfastError
 from usjepa_fast.probe.features import (
     Corruption,
     FeatureCache,
     dataset_features,
     dataset_key,
-    extract_features,
     open_encoder,
     open_split,
     split_features,
@@ -83,37 +82,103 @@ def test_encoder_objects_need_info() -> None:
         open_encoder(lambda x: x, device="cpu")
 
 
-class _FlakyDataset:
-    """Six synthetic items; item 2 is 'corrupt on disk' and raises DataError like a broken PNG."""
+def test_probe_features_equal_the_encoder_on_the_dataset_items(ultrabench, tmp_path) -> None:
+    """Engine extraction == running the encoder by hand on UltraBenchDataset + Preprocessor items."""
+    from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
+    from usjepa_fast.data.ultrabench import UltraBenchDataset
 
-    root = "flaky"
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(6, 3, 32, 32, generator=g)
-        self.paths = [f"img{i}.png" for i in range(6)]
-        self.labels = np.arange(6) % 2
-
-    def __len__(self) -> int:
-        return 6
-
-    def __getitem__(self, i: int) -> dict:
-        if i == 2:
-            raise DataError(f"{self.paths[i]} is truncated")
-        return {
-            "image": self.images[i],
-            "scan_mask": torch.ones(32, 32, dtype=torch.bool),
-            "label": int(i % 2),
-            "path": self.paths[i],
-        }
+    counting = tiny_encoder(seed=2)
+    info = counting.info
+    feats = split_features(open_encoder(counting, device="cpu"), ultrabench, "test", FeatureCache(tmp_path), 5)
+    pre = Preprocessor(PreprocessConfig(image_size=info.input_size, mean=info.mean, std=info.std, patch_size=16))
+    ds = UltraBenchDataset(ultrabench, "test", transform=pre)
+    with torch.inference_mode():
+        ref = torch.cat([counting.inner(ds[i]["image"][None]) for i in range(len(ds))]).numpy()
+    assert feats.x.shape == ref.shape and feats.skipped == 0
+    np.testing.assert_allclose(feats.x, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(feats.y, ds.labels)
+    assert feats.paths == [str(p) for p in ds.paths]
 
 
-def test_unreadable_items_are_skipped_and_counted() -> None:
+def test_corrupted_features_do_not_depend_on_batching(ultrabench, tmp_path) -> None:
+    """One noise stream per dataset item: batch size 3 and 16 give the same corrupted features, and
+    they equal corrupting each preprocessed item by hand (un-normalise, corrupt in the mask)."""
+    from usjepa_fast.probe.corruptions import corrupt
+
+    enc = open_encoder(tiny_encoder(seed=0), device="cpu")
+    c = Corruption("speckle", 2, seed=5)
+    a = split_features(enc, ultrabench, "test", FeatureCache(tmp_path / "a"), 3, corruption=c)
+    b = split_features(enc, ultrabench, "test", FeatureCache(tmp_path / "b"), 16, corruption=c)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)
+    ds = open_split(ultrabench, "test", enc.info)
+    mean = torch.tensor(enc.info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.info.std).view(1, 3, 1, 1)
+    rows = []
+    for i in range(len(ds)):
+        item = ds[i]
+        x01 = (item["image"][None] * std + mean).clamp(0, 1)
+        x01 = corrupt(x01, "speckle", 2, item["scan_mask"][None], seed=[5 * 1_000_003 + i])
+        rows.append(enc((x01 - mean) / std))
+    np.testing.assert_allclose(a.x, torch.cat(rows).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_unreadable_items_are_skipped_and_counted(ultrabench, tmp_path) -> None:
+    import shutil
+
+    from usjepa_fast.data.ultrabench import UltraBenchDataset
+
+    root = tmp_path / "ub"
+    shutil.copytree(ultrabench, root)
+    ds = UltraBenchDataset(root, "test")
+    ds.paths[2].write_bytes(b"\x89PNG truncated")  # a broken file on disk
     counting = tiny_encoder(seed=0)
-    feats = extract_features(open_encoder(counting, device="cpu"), _FlakyDataset(), batch_size=4)
-    assert feats.skipped == 1 and feats.x.shape == (5, 192)
-    assert feats.paths == ["img0.png", "img1.png", "img3.png", "img4.png", "img5.png"]
-    assert feats.y.tolist() == [0, 1, 1, 0, 1]
+    feats = split_features(open_encoder(counting, device="cpu"), root, "test", FeatureCache(tmp_path / "c"), 4)
+    n = len(ds)
+    assert feats.skipped == 1 and feats.x.shape == (n - 1, 192) and counting.images == n - 1
+    assert feats.paths == [str(p) for i, p in enumerate(ds.paths) if i != 2]
+    np.testing.assert_array_equal(feats.y, np.delete(ds.labels, 2))
+    again = split_features(open_encoder(counting, device="cpu"), root, "test", FeatureCache(tmp_path / "c"), 4)
+    assert again.from_cache and again.skipped == 1
+
+
+def test_memory_split_decodes_each_record_once(ultrabench, tmp_path) -> None:
+    from usjepa_fast.probe.features import MemorySplit
+
+    enc = open_encoder(tiny_encoder(seed=0), device="cpu")
+    split = MemorySplit(open_split(ultrabench, "test", enc.info))
+    loads = []
+    original = split._source.load
+    split._source.load = lambda i: loads.append(i) or original(i)
+    clean = split_features(enc, ultrabench, "test", FeatureCache(tmp_path), dataset=split)
+    noisy = split_features(
+        enc, ultrabench, "test", FeatureCache(tmp_path), corruption=Corruption("gaussian_blur", 1), dataset=split
+    )
+    assert sorted(loads) == list(range(len(split))) and not np.allclose(clean.x, noisy.x)
+
+
+def test_a_failing_corruption_stops_the_run_instead_of_skipping_files(ultrabench, tmp_path, monkeypatch) -> None:
+    from usjepa_fast.probe import features
+
+    enc = open_encoder(tiny_encoder(seed=0), device="cpu")
+
+    def broken(self, x, mask, index):
+        raise RuntimeError("bug in a corruption")
+
+    monkeypatch.setattr(features.CorruptionTransform, "__call__", broken)
+    with pytest.raises(RuntimeError, match="bug in a corruption"):
+        split_features(enc, ultrabench, "test", FeatureCache(tmp_path), corruption=Corruption("speckle", 1))
+    with pytest.raises(UsfastError, match="unknown corruption"):
+        split_features(enc, ultrabench, "test", FeatureCache(tmp_path), corruption=Corruption("blur", 1))
+
+
+def test_cache_key_is_the_embed_fingerprint(ultrabench) -> None:
+    from usjepa_fast.embed.fingerprint import feature_fields, feature_key
+
+    enc = open_encoder(tiny_encoder(seed=0), device="cpu")
+    fields = feature_fields(enc)
+    assert fields["backend"] == "torch" and fields["precision"] == "fp32" and fields["tokens"] == "pooled"
+    assert fields["encoder"]["source_hash"] == enc.info.source_hash
+    assert feature_key(enc) == feature_key(enc.info) == enc.key
 
 
 def test_features_from_a_usfast_embed_directory(ultrabench, tmp_path) -> None:

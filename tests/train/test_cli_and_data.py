@@ -30,13 +30,26 @@ TINY = [
 
 def test_corpus_split_is_disjoint_and_deterministic(synth_root) -> None:
     cfg = DataConfig(sources=[str(synth_root / "ultrabench")], image_size=64, val_fraction=0.1)
-    train, val, weights = build_pretrain_datasets(cfg, patch_size=8, seed=0)
+    train, val, sizes = build_pretrain_datasets(cfg, patch_size=8, seed=0)
     train2, val2, _ = build_pretrain_datasets(cfg, patch_size=8, seed=0)
     assert set(train.indices).isdisjoint(val.indices)
     assert train.indices == train2.indices and val.indices == val2.indices
-    assert len(val) >= 1 and weights is None  # one source: uniform permutation
+    assert len(val) >= 1 and sizes == [len(train)]  # one source: one member, a permutation per epoch
     item = train[0]
     assert item["image"].shape == (3, 64, 64) and item["valid_patches"].shape == (8, 8)
+
+
+def test_several_sources_give_contiguous_member_sizes_for_the_sampler(synth_root) -> None:
+    from usjepa_fast.data.sampler import CorpusSampler
+
+    sources = [str(synth_root / "ultrabench"), str(synth_root / "clips")]
+    cfg = DataConfig(sources=sources, image_size=32, val_fraction=0.1, every_k=4, cap=10)
+    train, _, sizes = build_pretrain_datasets(cfg, patch_size=16, seed=0)
+    assert len(sizes) == 2 and sum(sizes) == len(train)
+    members = [train.dataset.locate(i)[0] for i in train.indices]
+    assert members == sorted(members) and [members.count(d) for d in (0, 1)] == sizes  # contiguous blocks
+    sampler = CorpusSampler(sizes, cfg.cap, seed=0)
+    assert sampler.quotas.tolist() == [min(n, 10) for n in sizes]  # min(size, cap) per member
 
 
 def test_cli_stage1_then_stage2(synth_root, tmp_path) -> None:

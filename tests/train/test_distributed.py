@@ -23,8 +23,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, tests_dir: str) -> N
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    sys.path.insert(0, tests_dir)
-    from conftest import fan_validity, smooth_images, tiny_cfg
+    sys.path.insert(0, tests_dir)  # spawned workers import the shared helpers like the parent
+    from support.train import fan_validity, smooth_images, tiny_cfg
 
     from usjepa_fast.train.data import TensorImageDataset
     from usjepa_fast.train.engine import Trainer, run
@@ -55,7 +55,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, tests_dir: str) -> N
 @pytest.mark.slow
 def test_two_process_gloo_ddp(tmp_path) -> None:
     out = tmp_path / "ddp"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), str(Path(__file__).parent)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(out), str(Path(__file__).parents[1])), nprocs=2, join=True)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert r0["step"] == r1["step"] == 4
     assert r0["val"] == pytest.approx(r1["val"])  # all-reduced validation loss

@@ -8,12 +8,11 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from support.train import SIZE
 
 from usjepa_fast.errors import ConfigError, UsfastError
 from usjepa_fast.train import run
 from usjepa_fast.train.checkpoint import list_checkpoints, load_training_state
-
-SIZE = 32  # tests/train/conftest.py builds 32-px images
 
 
 def _losses(run_dir) -> list[float]:

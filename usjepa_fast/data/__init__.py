@@ -4,7 +4,9 @@ Submodules (import them directly; the names below are re-exported lazily so ``im
 usjepa_fast.data`` stays cheap for the CLI):
 
 * ``media``       file discovery (``find_media``: files + unreadable entries) and gray image reading
-* ``video``       ``VideoDecoder`` protocol, ``PyAVDecoder``, ``DaliCpuDecoder``, ``FrameSampling``
+* ``video``       ``VideoDecoder`` protocol, ``PyAVDecoder``, ``FrameSampling``, ``get_decoder`` (the registry)
+* ``dali``        ``DaliCpuDecoder`` (+ PyAV fallback), the shared DALI pipeline; ``dali_gpu``: NVDEC
+* ``sampler``     ``CorpusSampler`` (the one corpus sampler: weighted, resumable, rank-sharded)
 * ``clips``       ``clip_index`` (a clip's frame list, from decoding), ``scan_mask`` (the one scan region
                   of a media file for every command), ``spread_frames``
 * ``cache``       the data layer's cache root and keys (``$USFAST_CACHE_DIR``, ``~/.cache/usfast``)
@@ -40,7 +42,7 @@ _EXPORTS = {
     "VideoInfo": "video",
     "VideoDecoder": "video",
     "PyAVDecoder": "video",
-    "DaliCpuDecoder": "video",
+    "DaliCpuDecoder": "dali",
     "get_decoder": "video",
     "detect_scan_region": "scan_region",
     "detect_clip_region": "scan_region",

@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from usjepa_fast.fileio import atomic_path
 
 log = logging.getLogger("usfast")
 
@@ -51,22 +52,12 @@ def entry_name(path: str | Path, key: str, suffix: str) -> str:
 def publish(target: Path, write: Callable[[Path], None]) -> bool:
     """Write a cache entry: ``write(tmp)`` fills a temp file in ``target``'s folder, then it is renamed
     to ``target``. Returns False (and logs at debug level) when the folder cannot be written."""
-    # No fsync: a cache entry lost or torn by a crash is detected on read and recomputed. (The
-    # project's durable writer is usjepa_fast.fileio; caches do not need its fsync.)
+    # durable=False, no fsync: a cache entry lost or torn by a crash is detected on read and
+    # recomputed; the atomic rename is the one in usjepa_fast.fileio.
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+        with atomic_path(target, durable=False) as tmp:
+            write(tmp)
     except OSError as exc:
-        log.debug("cache %s not writable (%s); continuing without caching", target.parent, exc)
-        return False
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except OSError as exc:
-        log.debug("could not write cache entry %s (%s)", target, exc)
-        tmp.unlink(missing_ok=True)
+        log.debug("could not write cache entry %s (%s); continuing without caching", target, exc)
         return False
     return True

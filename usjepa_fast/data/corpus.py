@@ -2,33 +2,32 @@
 
 US-JEPA pretrains on ~49 public datasets of very different sizes; sampling each in proportion to
 ``min(len, cap)`` (cap = 50,000 frames in the paper) keeps one huge video collection from drowning
-the small image datasets while still giving big datasets more draws than tiny ones. Within a
-dataset the sampler walks a fresh permutation (without replacement until exhausted), so small
-datasets are covered evenly rather than re-drawing the same few items.
+the small image datasets while still giving big datasets more draws than tiny ones. The sampling
+itself (quotas, permutation streams inside each dataset, resume, rank shards) is
+:class:`usjepa_fast.data.sampler.CorpusSampler` (``CorpusSampler.from_corpus(corpus)``).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
 from usjepa_fast.data.media import list_media
 from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
+from usjepa_fast.data.sampler import DEFAULT_CAP, corpus_weights
 from usjepa_fast.data.ultrabench import UltraBenchDataset, is_ultrabench_dir
 from usjepa_fast.data.video import FrameSampling, get_decoder
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
 
-DEFAULT_CAP = 50_000
 PRETRAIN_KEYS = ("image", "scan_mask", "valid_patches")
 
 
@@ -62,8 +61,7 @@ class MixedCorpus(Dataset):
         self.cap = cap
         self.keys = tuple(keys) if keys is not None else None
         self.offsets = np.cumsum([0, *self.sizes]).tolist()
-        capped = np.minimum(np.asarray(self.sizes, dtype=np.float64), cap)
-        self.weights: np.ndarray = capped / capped.sum()  # sampling probability per dataset
+        self.weights: np.ndarray = corpus_weights(self.sizes, cap)  # sampling probability per dataset
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -88,68 +86,9 @@ class MixedCorpus(Dataset):
         item["source"] = d
         return item
 
-    def sampler(self, num_samples: int | None = None, seed: int = 0) -> CorpusSampler:
-        """Deterministic weighted sampler of global indices; ``num_samples`` per epoch (default: the
-        capped total ``sum(min(len, cap))``)."""
-        if num_samples is None:
-            num_samples = int(sum(min(s, self.cap) for s in self.sizes))
-        return CorpusSampler(self.sizes, self.weights, num_samples, seed)
-
     def summary(self) -> list[dict[str, Any]]:
         rows = zip(self.names, self.sizes, self.weights, strict=True)
         return [{"name": n, "size": s, "weight": float(w)} for n, s, w in rows]
-
-
-class CorpusSampler(Sampler[int]):
-    """Draws, per epoch, a multinomial count per dataset from ``weights`` and, inside each dataset, the
-    next items of a per-dataset random permutation stream; the merged order is shuffled.
-
-    Same ``seed`` and epoch -> same indices (call :meth:`set_epoch` each epoch, as with
-    ``DistributedSampler``). ``rank``/``world_size`` give each process a disjoint strided share.
-    """
-
-    def __init__(
-        self,
-        sizes: Sequence[int],
-        weights: np.ndarray,
-        num_samples: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if num_samples < 1:
-            raise DataError(f"num_samples={num_samples} must be >= 1")
-        self.sizes = list(sizes)
-        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-        self.rank, self.world_size = rank, world_size
-        self.offsets = np.cumsum([0, *self.sizes]).tolist()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        choice = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        counts = torch.bincount(choice, minlength=len(self.sizes)).tolist()
-        parts = []
-        for d, (k, size) in enumerate(zip(counts, self.sizes, strict=True)):
-            if k == 0:
-                continue
-            reps = -(-k // size)  # enough fresh permutations to cover k draws
-            perm = torch.cat([torch.randperm(size, generator=g) for _ in range(reps)])[:k]
-            parts.append(perm + self.offsets[d])
-        merged = torch.cat(parts)
-        return merged[torch.randperm(len(merged), generator=g)]
-
-    def __iter__(self) -> Iterator[int]:
-        idx = self.indices()[self.rank :: self.world_size]
-        return iter(idx.tolist())
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
 
 
 def build_pretrain_corpus(

@@ -44,9 +44,10 @@ from usjepa_fast.data.prepare_plan import (
     plan_jobs,
     plan_to_json,
 )
-from usjepa_fast.data.shards import PartWriter, atomic_write_json, is_temp_file, job_parts, remove_job
+from usjepa_fast.data.shards import PartWriter, is_temp_file, job_parts, remove_job
 from usjepa_fast.data.video import FrameSampling
 from usjepa_fast.errors import DataError
+from usjepa_fast.fileio import atomic_write_json
 
 log = logging.getLogger("usfast")
 
@@ -192,12 +193,10 @@ def run_job(
     mask_cache: str,
 ) -> dict[str, Any]:
     """Decode ``units`` (global unit ids ``first, first + 1, ...``) into the parts of ``job``."""
-    from usjepa_fast.data.video import PyAVDecoder, get_decoder
+    from usjepa_fast.data.video import get_decoder
 
     t0 = time.process_time()
-    decoder = get_decoder(options.decoder)
-    if isinstance(decoder, PyAVDecoder):  # TODO(onepath): get_decoder(name, threads=decode_threads)
-        decoder.threads = decode_threads
+    decoder = get_decoder(options.decoder, threads=decode_threads)
     writer = PartWriter(Path(out_dir) / SHARD_DIR, job, options.shard_frames)
     unreadable: list[list] = []  # [unit, path, reason]: gave no frame
     short: list[list] = []  # [unit, path, reason]: ended early, frames kept
@@ -284,7 +283,7 @@ def _load_or_plan(
     plan_jobs(listing, options, workers)
     out.mkdir(parents=True, exist_ok=True)
     (out / SHARD_DIR).mkdir(exist_ok=True)
-    atomic_write_json(plan_path, plan_to_json(listing, options, fingerprint))  # before any shard
+    atomic_write_json(plan_path, plan_to_json(listing, options, fingerprint), indent=None)  # before any shard
     return listing
 
 

@@ -21,6 +21,7 @@ cumulative fraction reaches q), which is exact for 8/16-bit data and identical i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,6 +160,16 @@ def preprocess_batch(
     )
 
 
+def resize_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Scan masks ``(H, W)`` or ``(B, H, W)`` bool -> ``(S, S)`` / ``(B, S, S)`` bool by nearest neighbour
+    on the model grid: the ``scan_mask`` the evaluation :class:`Preprocessor` returns, on any device."""
+    m = masks.to(torch.float32)
+    squeeze = m.dim() == 2
+    m = m[None, None] if squeeze else m[:, None]
+    out = F.interpolate(m, size=(size, size), mode="nearest")[:, 0] > 0.5  # (B, S, S)
+    return out[0] if squeeze else out
+
+
 @dataclass
 class PreprocessConfig:
     """How a gray frame becomes a model input."""
@@ -173,6 +184,21 @@ class PreprocessConfig:
     percentile_lo: float = 2.0  # intensity window: these percentiles inside the scan region -> [0, 1]
     percentile_hi: float = 98.0
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of the training crop
+
+
+def eval_config(info: Any) -> PreprocessConfig:
+    """Evaluation preprocessing for an encoder that declares ``input_size``, ``mean``, ``std`` (and
+    optionally ``patch_size``): what probes and embedding feed it. A size that is not a multiple of the
+    patch gets a 1-px validity grid (evaluation needs no patch grid)."""
+    size = int(info.input_size)
+    patch = int(getattr(info, "patch_size", 16) or 16)
+    return PreprocessConfig(
+        image_size=size,
+        mean=tuple(float(v) for v in info.mean),
+        std=tuple(float(v) for v in info.std),
+        train=False,
+        patch_size=patch if size % patch == 0 else 1,
+    )
 
 
 def _random_crop_box(
@@ -250,7 +276,7 @@ class Preprocessor:
             self._std,
         )[0]  # (3, S, S)
         s = cfg.image_size
-        m_small = F.interpolate(m[None, None].float(), size=(s, s), mode="nearest")[0, 0] > 0.5  # (S, S)
+        m_small = resize_mask(m, s)  # (S, S)
         valid = patch_validity(m.numpy(), image_size=s, patch_size=cfg.patch_size)  # (S/p, S/p)
         if not bool(valid.any()):
             # A training crop can miss the region entirely (tiny fan, aggressive crop scale); then no

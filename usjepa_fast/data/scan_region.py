@@ -246,7 +246,15 @@ def sidecar_mask_path(path: str | Path) -> Path:
 
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
     """Write a bool mask as a 1-bit PNG (0/255 when viewed)."""
-    Image.fromarray(mask.astype(np.uint8) * 255).convert("L").save(path)
+    import io
+
+    from usjepa_fast.fileio import atomic_write_bytes
+
+    # Encoded in memory, then renamed into place: parallel workers sharing a mask cache never read
+    # a half-written PNG.
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).convert("L").save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_mask(path: str | Path) -> np.ndarray:

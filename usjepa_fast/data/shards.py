@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from usjepa_fast.errors import DataError
+from usjepa_fast.fileio import atomic_open, atomic_write_json
 
 FORMAT = "usfast-shard"
 VERSION = 1
@@ -49,39 +49,8 @@ def part_name(job: int, part: int) -> str:
     return f"s-{job:06d}-{part:03d}"
 
 
-# TODO(fileio): replace with usjepa_fast.fileio.atomic_open (same semantics: hidden temp beside the
-# target, fsync, rename, fsync the folder; nothing changes at the target if the block raises).
-@contextlib.contextmanager
-def _atomic_open(path: Path) -> Iterator[BinaryIO]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# TODO(fileio): replace with usjepa_fast.fileio.atomic_write_json.
-def atomic_write_json(path: Path, obj: Any, *, indent: int | None = None) -> Path:
-    with _atomic_open(path) as fh:
-        fh.write((json.dumps(obj, indent=indent) + "\n").encode())
-    return path
-
-
 def is_temp_file(path: Path) -> bool:
-    """A temp file of :func:`_atomic_open` (left by a killed writer)."""
+    """A temp file of :mod:`usjepa_fast.fileio` (``.<name>.tmp-<pid>-<hex>``, left by a killed writer)."""
     return path.name.startswith(".") and ".tmp-" in path.name
 
 
@@ -106,7 +75,7 @@ class PartWriter:
     def _open(self) -> None:
         name = part_name(self.job, len(self.parts))
         self._stack = contextlib.ExitStack()
-        self._fh = self._stack.enter_context(_atomic_open(self.shard_dir / f"{name}.bin"))
+        self._fh = self._stack.enter_context(atomic_open(self.shard_dir / f"{name}.bin"))
         self._offset = 0
         self._masks: list[list[int]] = []
         self._mask_id: int | None = None  # the current mask's block in this part (None: not yet written)
@@ -156,7 +125,7 @@ class PartWriter:
             "frames": self._rows,
             **extra,
         }
-        atomic_write_json(self.shard_dir / f"{name}.json", index)  # the commit: written last
+        atomic_write_json(self.shard_dir / f"{name}.json", index, indent=None)  # the commit: written last
         self.parts.append({"name": name, "frames": len(self._rows["offset"]), "bytes": self._offset})
 
     def finish(self, **extra: Any) -> list[dict[str, Any]]:

@@ -121,6 +121,21 @@ def _infer_classes(root: Path, files: list[Path]) -> list[str]:
     return [names[i].most_common(1)[0][0] if i in names else f"class_{i}" for i in range(n)]
 
 
+def load_record(image_path: str | Path, mask_path: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """One UltraBench record's pixels: gray image ``(H, W)`` and scan mask ``(H, W)`` bool (the whole
+    image when the record has no mask; a mask of another shape raises ``DataError`` naming both
+    files). The one reader of records: dataset items and ``usfast embed DATASET`` both use it."""
+    image = read_image_gray(image_path)
+    if mask_path is None:
+        return image, np.ones(image.shape, dtype=bool)
+    mask = load_mask(mask_path)
+    if mask.shape != image.shape:
+        raise DataError(
+            f"scan mask {mask_path} is {mask.shape}, image {image_path} is {image.shape}; re-export the mask"
+        )
+    return image, mask
+
+
 class UltraBenchDataset(Dataset):
     """One split of an UltraBench-format dataset.
 
@@ -226,18 +241,7 @@ class UltraBenchDataset(Dataset):
 
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         """Gray image ``(H, W)`` and its scan mask ``(H, W)`` bool (raises DataError naming the file)."""
-        image = read_image_gray(self.paths[idx])
-        mask_path = self.mask_paths[idx]
-        if mask_path is None:
-            mask = np.ones(image.shape, dtype=bool)
-        else:
-            mask = load_mask(mask_path)
-            if mask.shape != image.shape:
-                raise DataError(
-                    f"scan mask {mask_path} is {mask.shape}, image {self.paths[idx]} is {image.shape}; "
-                    "re-export the mask"
-                )
-        return image, mask
+        return load_record(self.paths[idx], self.mask_paths[idx])
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         image, mask = self.load(idx)

@@ -1,8 +1,10 @@
-"""Video decoding behind a small interface: PyAV on the CPU, DALI's CPU pipeline for VP9/MJPEG.
+"""Video decoding behind a small interface and one registry: PyAV, DALI CPU (VP9/MJPEG), DALI GPU (NVDEC).
 
-Callers ask a :class:`VideoDecoder` for ``frames(path, sampling)`` and get grayscale :class:`Frame`
-objects; they never touch PyAV or DALI. A GPU backend (DALI mixed/NVDEC, a later issue) implements the
-same protocol and registers in :func:`get_decoder`, so dataset and embedding code do not change.
+Callers ask :func:`get_decoder` (``"auto"`` | ``"pyav"`` | ``"dali"`` | ``"dali-gpu"``) for a
+:class:`VideoDecoder` and call ``frames(path, sampling)`` to get grayscale :class:`Frame` objects;
+they never touch PyAV or DALI. The DALI decoders (``data/dali.py`` on the CPU, ``data/dali_gpu.py``
+with NVDEC) implement the same protocol; the GPU one adds ``decode_clip`` (sampled frames as one
+CUDA tensor) for consumers that stay on the GPU.
 
 Frame sampling (:class:`FrameSampling`) is applied in the decoder so that skipped frames are never
 converted to numpy: ``fps`` keeps the first frame at or after each ``1/fps`` tick of the *timestamps*
@@ -15,12 +17,11 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from usjepa_fast.data.media import to_gray
-from usjepa_fast.errors import BackendUnavailableError, DataError
+from usjepa_fast.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -244,83 +245,44 @@ def _limited_to_full_range(y: np.ndarray) -> np.ndarray:
     return _LIMITED_LUT[y]
 
 
-def dali_available() -> bool:
-    """True when ``nvidia.dali`` imports (its CPU pipelines run without a GPU)."""
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means unavailable
-        return False
-    return True
+# ----------------------------------------------------------------------------------------------
+# the registry
+
+DECODERS = ("auto", "pyav", "dali", "dali-gpu")
 
 
-class DaliCpuDecoder:
-    """NVIDIA DALI's CPU video decoder (``fn.decoders.video``, device="cpu").
-
-    DALI decodes only VP8/VP9/MJPEG on the CPU (H.264/HEVC/AV1 need the mixed/NVDEC backend); other
-    codecs raise :class:`BackendUnavailableError` so that :func:`get_decoder` callers can fall back
-    to PyAV. Timestamps come from PyAV's header probe (DALI returns only pixels).
-    """
-
-    name = "dali"
-    CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-
-    def __init__(self, num_threads: int = 1) -> None:
-        if not dali_available():
-            raise BackendUnavailableError(
-                "NVIDIA DALI is not installed; pip install 'usjepa-fast[dali]' or use --decoder pyav"
-            )
-        self.num_threads = num_threads
-        self._probe = PyAVDecoder(threads=1)
-
-    def probe(self, path: str | Path) -> VideoInfo:
-        return self._probe.probe(path)
-
-    def supports(self, path: str | Path) -> bool:
-        return self.probe(path).codec in self.CPU_CODECS
-
-    def _decode_all(self, path: Path) -> np.ndarray:
-        """All frames ``(F, H, W, 3)`` uint8 via a one-sample CPU pipeline."""
-        from nvidia.dali import fn, pipeline_def, types
-
-        encoded = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-
-        @pipeline_def(batch_size=1, num_threads=self.num_threads, device_id=None, prefetch_queue_depth=1)
-        def pipe():
-            data = fn.external_source(source=lambda: [encoded], batch=True, dtype=types.UINT8)
-            return fn.decoders.video(data, device="cpu")
-
-        p = pipe()
-        try:
-            p.build()
-            (out,) = p.run()
-        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for corrupt streams
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise DataError(
-                f"video {path} cannot be decoded by DALI ({first}); re-encode it or use --decoder pyav"
-            ) from None
-        return np.asarray(out.at(0))
-
-    def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
-        path = Path(path)
-        info = self.probe(path)
-        if info.codec not in self.CPU_CODECS:
-            raise BackendUnavailableError(
-                f"DALI CPU cannot decode {info.codec} ({path}); it handles {sorted(self.CPU_CODECS)} only; "
-                "use --decoder pyav"
-            )
-        video = self._decode_all(path)  # (F, H, W, 3)
-        fps = info.fps or 1.0
-        timestamps = [i / fps for i in range(video.shape[0])]
-        for i in _Sampler(sampling or FrameSampling()).select_indices(timestamps):
-            yield Frame(index=i, timestamp=timestamps[i], image=to_gray(video[i]))
+def _is_cuda(device: Any) -> bool:
+    return device is not None and str(getattr(device, "type", device)).startswith("cuda")
 
 
-def get_decoder(name: str = "auto") -> VideoDecoder:
-    """``"pyav"`` | ``"dali"`` (CPU pipeline, VP9/MJPEG) | ``"auto"`` (PyAV on the CPU)."""
+def resolve_decoder(name: str = "auto", device: Any = None) -> str:
+    """The concrete decoder ``name`` stands for: ``"auto"`` = ``"dali-gpu"`` (NVDEC: decoded frames
+    never leave the GPU) when ``device`` is CUDA and DALI can use it, else ``"pyav"`` (DALI's CPU
+    decoder refuses H.264/MPEG-4, PyAV reads everything)."""
+    if name not in DECODERS:
+        raise DataError(f"unknown video decoder '{name}'; use {', '.join(DECODERS)}")
+    if name != "auto":
+        return name
+    if _is_cuda(device):
+        from usjepa_fast.data.dali_gpu import dali_gpu_available
+
+        if dali_gpu_available():
+            return "dali-gpu"
+    return "pyav"
+
+
+def get_decoder(name: str = "auto", device: Any = None, *, threads: int = 0) -> VideoDecoder:
+    """The one decoder registry: ``"auto"`` | ``"pyav"`` | ``"dali"`` (DALI CPU for VP8/VP9/MJPEG, PyAV
+    fallback per file) | ``"dali-gpu"`` (NVDEC on ``device``; frames stay on the GPU through its
+    ``decode_clip``). ``threads``: FFmpeg threads per clip for PyAV (0 = FFmpeg's choice; callers
+    that already decode several clips in parallel pass 1)."""
+    name = resolve_decoder(name, device)
     if name == "pyav":
-        return PyAVDecoder()
+        return PyAVDecoder(threads=threads)
     if name == "dali":
-        return DaliCpuDecoder()
-    if name == "auto":
-        return PyAVDecoder()
-    raise DataError(f"unknown video decoder '{name}'; use auto, pyav or dali")
+        from usjepa_fast.data.dali import DaliCpuWithFallback
+
+        return DaliCpuWithFallback(threads=max(1, threads))
+    from usjepa_fast.data.dali_gpu import DaliGpuDecoder
+
+    return DaliGpuDecoder(device)

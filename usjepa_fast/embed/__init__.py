@@ -5,8 +5,15 @@ Entry points
 * :func:`embed_folder` (``usfast embed``): a folder (recursive), a single file or an UltraBench
   directory -> an output directory (below); resumable, rank-sharded under ``torchrun``.
 * :func:`load` - read an output directory back: ``(features (N, D) float32, index rows)``.
-* :func:`embed_split` - a labelled UltraBench split -> ``(X (N, D), y (N,))`` in memory (probes).
+* :func:`embed_split` - a labelled UltraBench split -> :class:`SplitEmbedding` ``(x (N, D), y (N,),
+  paths, failed)`` in memory: the probe's feature extraction, on the same engine.
 * :func:`open_backend` - any encoder spec -> a callable ``(B, 3, S, S) -> (B, D)`` backend.
+
+Modules: ``options`` (:class:`EmbedOptions`, validated up front), ``sources`` (what to embed),
+``decode`` (decode workers: one file -> chunks), ``engine`` (:func:`run_engine`: batching consumer
+feeding a :class:`Sink`), ``folder`` (:func:`embed_folder`, :func:`merge_outputs`), ``dataset``
+(:func:`embed_split`), ``store`` (output directory), ``fingerprint`` (feature cache key),
+``backends``, ``redundancy``, ``sharding``.
 
 Output directory layout (plain numpy + CSV + JSON; no usfast needed to read it)
 -------------------------------------------------------------------------------
@@ -50,8 +57,11 @@ and listed in ``embed.json``; the run goes on.
 """
 
 from usjepa_fast.embed.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, open_backend
-from usjepa_fast.embed.dataset import embed_split
-from usjepa_fast.embed.pipeline import EmbedOptions, EmbedSummary, embed_folder, merge_outputs
+from usjepa_fast.embed.dataset import SplitEmbedding, embed_split
+from usjepa_fast.embed.engine import EngineStats, MemorySink, PartSink, Sink, run_engine
+from usjepa_fast.embed.fingerprint import feature_key
+from usjepa_fast.embed.folder import EmbedSummary, embed_folder, merge_outputs
+from usjepa_fast.embed.options import EmbedOptions
 from usjepa_fast.embed.redundancy import ChangeDetector
 from usjepa_fast.embed.store import INDEX_COLUMNS, IndexRow, load, read_index
 
@@ -61,14 +71,21 @@ __all__ = [
     "ChangeDetector",
     "EmbedOptions",
     "EmbedSummary",
+    "EngineStats",
     "IndexRow",
+    "MemorySink",
     "OnnxBackend",
+    "PartSink",
+    "Sink",
+    "SplitEmbedding",
     "TensorRTBackend",
     "TorchBackend",
     "embed_folder",
     "embed_split",
+    "feature_key",
     "load",
     "merge_outputs",
     "open_backend",
     "read_index",
+    "run_engine",
 ]

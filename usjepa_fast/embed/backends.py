@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from usjepa_fast.errors import BackendUnavailableError, UsfastError
+from usjepa_fast.fileio import replace_file, temp_name
 
 log = logging.getLogger("usfast")
 
@@ -240,7 +241,7 @@ def fused_cpu_graph(onnx_path: Path, info: Any, cache_dir: str | Path | None = N
             opt_level=0,
             use_gpu=False,
         )
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = temp_name(target, keep_suffix=True)
         model.save_model_to_file(str(tmp))
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -255,7 +256,7 @@ def fused_cpu_graph(onnx_path: Path, info: Any, cache_dir: str | Path | None = N
                 "onnx: fused CPU graph differs from %s (rel err %.1e); using the exported graph", onnx_path, rel
             )
             return None
-        os.replace(tmp, target)
+        replace_file(tmp, target)
         return target
     except Exception as exc:  # noqa: BLE001 - the fusion is an optimisation; never fatal
         log.warning("onnx: transformer fusion skipped for %s (%s)", onnx_path.name, str(exc).splitlines()[0][:200])

@@ -1,18 +1,46 @@
-"""Features of a labelled UltraBench split in memory (for probes), with loading overlapped with inference."""
+"""Features of a labelled UltraBench split in memory, through the embed engine (the probe's one entry point).
+
+:func:`embed_split` turns every record of a split into a source, reads it exactly as
+:class:`~usjepa_fast.data.ultrabench.UltraBenchDataset` does (its own scan masks; no mask = the whole
+image) and runs the same engine as ``usfast embed`` with an in-memory sink: same batching, same
+backend object, same preprocessing. Records that cannot be read are logged, counted and left out.
+"""
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from usjepa_fast.errors import DataError
+from usjepa_fast.embed.decode import PixelTransform
+from usjepa_fast.embed.engine import MemorySink, open_runner, run_engine
+from usjepa_fast.embed.options import EmbedOptions
+from usjepa_fast.embed.sources import Source
 
 log = logging.getLogger("usfast")
+
+
+@dataclass
+class SplitEmbedding:
+    """Features of the readable records of one split, in dataset order."""
+
+    x: np.ndarray  # (N, D) float32
+    y: np.ndarray  # (N,) int64 labels
+    paths: list[str]  # (N,) image paths
+    index: np.ndarray  # (N,) int64: dataset index of each row
+    failed: dict[str, str] = field(default_factory=dict)  # image path -> reason (skipped records)
+    backend: str = ""
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def embed_split(
@@ -24,43 +52,66 @@ def embed_split(
     device: str | torch.device | None = None,
     batch_size: int = 32,
     backend_kwargs: dict[str, Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(X (N, D) float32, y (N,) int64)`` for every record of ``split`` (dataset order).
+    dataset: Any | None = None,
+    pixel_transform: PixelTransform | None = None,
+    options: EmbedOptions | None = None,
+) -> SplitEmbedding:
+    """Features of every record of ``split`` (see the module doc).
 
-    ``encoder``: a spec for :func:`~usjepa_fast.embed.backends.open_backend` or an opened backend.
-    Pixels are exactly the dataset's evaluation items (:class:`~usjepa_fast.data.preprocess.Preprocessor`
-    with the encoder's size/mean/std and the dataset's scan masks), so probe features match what
-    training and evaluation see. A thread loads and preprocesses batch i+1 while batch i runs.
+    ``encoder``: a spec for :func:`~usjepa_fast.embed.backends.open_backend` or an opened
+    backend/encoder (``.info``, ``.name``, ``.device``, callable). ``dataset``: an already opened
+    split with ``paths``, ``mask_paths``, ``labels`` and ``load(i) -> (gray, mask)`` (e.g. the probe's
+    in-memory ``MemorySplit``); by default ``UltraBenchDataset(dataset_root, split)``.
+    ``pixel_transform(pixels (n, 3, S, S), scan masks (n, S, S), item index) -> pixels`` runs on the
+    preprocessed pixels of each item (test-time corruptions). ``options``: engine options (decode
+    workers, prefetch...); ``batch_size`` applies when they are not given.
     """
-    from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
     from usjepa_fast.data.ultrabench import UltraBenchDataset
-    from usjepa_fast.embed.backends import Backend, open_backend
 
-    b: Backend = (
-        encoder if isinstance(encoder, Backend) else open_backend(encoder, backend, device, **(backend_kwargs or {}))
-    )
-    info = b.info
-    pre = Preprocessor(
-        PreprocessConfig(
-            image_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std), patch_size=info.patch_size
+    opts = options if options is not None else EmbedOptions(batch_size=batch_size, progress=False)
+    opts.validate()
+    ds = dataset if dataset is not None else UltraBenchDataset(dataset_root, split, transform=None)
+    b = open_runner(encoder, backend, device, backend_kwargs)
+    root = Path(dataset_root)
+    labels = np.asarray(ds.labels, dtype=np.int64)
+    sources = [
+        Source(Path(p), _rel(Path(p), root), "image", m, int(y), record=True)
+        for p, m, y in zip(ds.paths, ds.mask_paths, labels, strict=True)
+    ]
+    scan_region = opts.scan_region
+
+    def reader(fid: int, src: Source) -> tuple[np.ndarray, np.ndarray | None]:
+        image, mask = ds.load(fid)
+        return image, (mask if scan_region else None)
+
+    sink = MemorySink()
+    stats = run_engine(b, sources, opts, sink, reader=reader, pixel_transform=pixel_transform)
+    kept = sorted(sink.features)
+    width = int(getattr(b.info, "width", 0) or 0)
+    x = np.concatenate([sink.features[i] for i in kept]) if kept else np.zeros((0, width), np.float32)
+    failed = {str(sources[i].path): reason for i, reason in sorted(sink.failed.items())}
+    if failed:
+        log.warning(
+            "embed: %d of %d records of %s/%s could not be read and were skipped",
+            len(failed),
+            len(ds),
+            root.name,
+            split,
         )
+    log.info(
+        "embed: %s/%s: %d images -> %s features with %s (%.1fs)",
+        root.name,
+        split,
+        len(kept),
+        x.shape,
+        b.name,
+        stats.seconds,
     )
-    ds = UltraBenchDataset(dataset_root, split, transform=pre)
-    n = len(ds)
-    if batch_size < 1:
-        raise DataError(f"batch size {batch_size} must be >= 1")
-
-    def load(start: int) -> torch.Tensor:
-        return torch.stack([ds[i]["image"] for i in range(start, min(n, start + batch_size))])  # (B, 3, S, S)
-
-    feats: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usfast-load") as pool:
-        nxt = pool.submit(load, 0)
-        for start in range(0, n, batch_size):
-            x = nxt.result()
-            if start + batch_size < n:
-                nxt = pool.submit(load, start + batch_size)
-            feats.append(b(x).detach().float().cpu().numpy())
-    X = np.concatenate(feats, axis=0) if feats else np.zeros((0, info.width), np.float32)
-    log.info("embed: %s/%s: %d images -> %s features with %s", Path(dataset_root).name, split, n, X.shape, b.name)
-    return X.astype(np.float32, copy=False), ds.labels.copy()
+    return SplitEmbedding(
+        x=np.ascontiguousarray(x, dtype=np.float32),
+        y=labels[kept] if kept else np.zeros(0, np.int64),
+        paths=[str(sources[i].path) for i in kept],
+        index=np.asarray(kept, dtype=np.int64),
+        failed=failed,
+        backend=b.name,
+    )

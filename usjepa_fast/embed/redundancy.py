@@ -14,6 +14,8 @@ a ViT forward. Off by default (``threshold=None``) because it changes which fram
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -28,6 +30,21 @@ def block_thumbnail(gray: np.ndarray, size: int = 32) -> np.ndarray:
         return gray.astype(np.float32)
     block = gray[: hh * f, : ww * f].reshape(hh, f, ww, f)
     return block.mean(axis=(1, 3), dtype=np.float32)
+
+
+def block_thumbnails_torch(gray: Any, size: int = 32) -> np.ndarray:
+    """:func:`block_thumbnail` of ``(F, H, W)`` frames already on a (GPU) device: ``(F, h, w)`` float32
+    numpy (only the thumbnails travel to the host)."""
+    import torch.nn.functional as F
+
+    h, w = gray.shape[-2:]
+    f = max(1, int(np.ceil(max(h, w) / size)))
+    hh, ww = h // f, w // f
+    x = gray.float()
+    if f == 1 or hh == 0 or ww == 0:
+        return x.cpu().numpy()
+    x = x[:, : hh * f, : ww * f].unsqueeze(1)
+    return F.avg_pool2d(x, f, f).squeeze(1).cpu().numpy()
 
 
 class ChangeDetector:

@@ -2,7 +2,9 @@
 
 A :class:`Source` is one input file with the path recorded in the index (relative to the input
 root, POSIX separators, so an output directory stays valid when the data moves) and, for
-UltraBench records, the dataset's own scan mask (always preferred over detection).
+UltraBench records, the dataset's own scan mask (always preferred over detection). UltraBench
+records are read exactly as :class:`~usjepa_fast.data.ultrabench.UltraBenchDataset` reads them, so
+``usfast embed DATASET`` and the probe see the same pixels.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ class Source:
     path: Path  # absolute/real path to read
     rel: str  # key in the index (relative to the input root)
     kind: str  # "image" | "video"
-    mask_path: Path | None = None  # dataset-provided scan mask (UltraBench)
+    mask_path: Path | None = None  # dataset-provided scan mask (UltraBench) or ``<stem>.scanmask.png``
     label: int | None = None  # UltraBench class index (None for folders)
+    record: bool = False  # an UltraBench record: read by ``data.ultrabench.load_record`` (dataset
+    #   semantics: no mask = whole image, a mask of the wrong shape = unreadable record)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -69,21 +73,44 @@ def ultrabench_sources(root: Path, splits: tuple[str, ...] | None = None) -> lis
         ds = UltraBenchDataset(root, split)
         for p, m, y in zip(ds.paths, ds.mask_paths, ds.labels, strict=True):
             rel = _rel(p, root)
-            seen.setdefault(rel, Source(p, rel, "image", m, int(y)))
+            seen.setdefault(rel, Source(p, rel, "image", m, int(y), record=True))
     return [seen[k] for k in sorted(seen)]
 
 
-def read_image(src: Source) -> np.ndarray:
-    """Gray image ``(H, W)`` (uint8/uint16)."""
+def read_image(src: Source, scan_region: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image source's gray pixels ``(H, W)`` (uint8/uint16) and its scan region ``(H, W)`` bool
+    (None with ``scan_region=False``, or when detection finds nothing: then the whole frame counts)."""
+    if src.record:
+        from usjepa_fast.data.ultrabench import load_record
+
+        image, mask = load_record(src.path, src.mask_path)
+        return image, (mask if scan_region else None)
     from usjepa_fast.data.media import read_image_gray
 
-    return read_image_gray(src.path)
+    image = read_image_gray(src.path)
+    return image, (source_mask(src, image) if scan_region else None)
 
 
 def source_mask(src: Source, frame: np.ndarray) -> np.ndarray | None:
-    """The scan region of a source: its own mask file if it has one, else detected on ``frame``."""
+    """The scan region of a source for frames shaped like ``frame``; None = the whole frame.
+
+    Its own mask file first (an UltraBench record's, or ``<stem>.scanmask.png``). A clip's region
+    otherwise is :func:`usjepa_fast.data.clips.scan_mask` (the one clip rule: spread frames, cached),
+    so embed, training and ``usfast masks`` agree on every clip; an image's is detected on the image
+    itself, which is what ``scan_mask`` does for an image (without writing a cache entry per file).
+    """
     from usjepa_fast.data.scan_region import load_mask
 
+    if src.kind == "video":
+        from usjepa_fast.data.clips import scan_mask
+
+        mask = scan_mask(src.path, provided=src.mask_path)
+        if mask.shape == frame.shape:
+            return None if mask.all() else mask
+        log.warning(
+            "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
+        )
+        return None
     if src.mask_path is not None:
         mask = load_mask(src.mask_path)
         if mask.shape == frame.shape:

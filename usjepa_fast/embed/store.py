@@ -20,12 +20,10 @@ the merge keeps, per source path, the rows of the most recently committed part t
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from usjepa_fast.errors import UsfastError
+from usjepa_fast.fileio import atomic_save_npy, atomic_write_text
+from usjepa_fast.models.checkpoints import file_sha256
 
 log = logging.getLogger("usfast")
 
@@ -43,37 +43,6 @@ FORMAT = "usfast-embed/1"
 INDEX_COLUMNS = ("path", "frame_index", "timestamp", "shard", "row", "duplicate_of")
 PART_COLUMNS = ("path", "frame_index", "timestamp", "row", "duplicate_of")
 _PART_RE = re.compile(r"^r(\d{3,})-(\d{6,})\.json$")
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic file helpers
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,14 +68,6 @@ class FileStamp:
             # touching a file (new mtime, same bytes) must not force a re-embed in hash mode
             return self.sha256 == other.sha256
         return self.size == other.size and self.mtime_ns == other.mtime_ns
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from usjepa_fast.errors import UsfastError
+from usjepa_fast.fileio import atomic_write_json, replace_file, temp_name
 
 log = logging.getLogger("usfast")
 
@@ -81,9 +82,7 @@ def write_export_sidecar(info: Any, path: Path, export: dict[str, Any]) -> None:
     """The encoder description (``EncoderInfo`` fields) plus an ``export`` block describing the file."""
     data = info.to_json()
     data["export"] = export
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def read_export_sidecar(path: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -262,7 +261,7 @@ def export_onnx(
     # a different batch size than the traced one: proves the batch axis is dynamic
     check = torch.randn(max(1, check_batch if check_batch != 2 else 3), info.in_chans, s, s, generator=gen)
 
-    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}.onnx")
+    tmp = temp_name(out_path, keep_suffix=True)
     try:
         # Kernel call sites take their PyTorch reference path: the graph must hold only standard ops.
         with use_backend("torch"), torch.inference_mode(False), torch.no_grad():
@@ -302,7 +301,7 @@ def export_onnx(
         )
         for ext in tmp.parent.glob(tmp.name + ".data"):  # external weights travel with the graph
             os.replace(ext, out_path.with_name(out_path.name + ".data"))
-        os.replace(tmp, out_path)
+        replace_file(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = sidecar_path_for(out_path)

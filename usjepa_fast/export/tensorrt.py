@@ -13,7 +13,6 @@ Everything here needs ``tensorrt`` and a CUDA GPU; imports are guarded and raise
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from usjepa_fast.errors import BackendUnavailableError, UsfastError
+from usjepa_fast.fileio import atomic_write_bytes
 
 log = logging.getLogger("usfast")
 
@@ -116,14 +116,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UsfastError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    atomic_write_bytes(engine_path, bytes(serialized))
     updated = config.get_timing_cache()
     if updated is not None:
-        ctmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-        ctmp.write_bytes(bytes(updated.serialize()))
-        os.replace(ctmp, cache_path)
+        atomic_write_bytes(cache_path, bytes(updated.serialize()))
     engine_export = dict(export)
     engine_export.update(
         kind="tensorrt",

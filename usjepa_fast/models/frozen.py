@@ -64,7 +64,9 @@ class EncoderInfo:
 
 
 def write_sidecar(info: EncoderInfo, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(info.to_json(), indent=2) + "\n")
+    from usjepa_fast.fileio import atomic_write_json
+
+    atomic_write_json(path, info.to_json())
 
 
 def read_sidecar(path: str | Path) -> EncoderInfo:
@@ -138,14 +140,14 @@ def save_export_ready(model: nn.Module, info: EncoderInfo, path: str | Path) -> 
     The safetensors file holds exactly the state dict of ``timm.create_model(info.timm_name,
     **info.timm_kwargs)``; the sidecar's ``source_hash`` is filled with the file's sha256.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from usjepa_fast.fileio import atomic_write_bytes
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": SIDECAR_FORMAT, "timm_name": info.timm_name})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(state, metadata={"format": SIDECAR_FORMAT, "timm_name": info.timm_name}))
     # an absolute source: the sidecar re-opens its weights from any working directory
     info = EncoderInfo(**{**asdict(info), "source": str(path.resolve()), "source_hash": file_sha256(path)})
     write_sidecar(info, path.with_suffix(".json"))

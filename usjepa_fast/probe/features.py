@@ -10,6 +10,11 @@ encoder sees or how it pools (input size, mean/std, pool, width); the *dataset k
 resolved dataset root, the split and every item's (path, label, size, mtime). Anything else --
 probe preset, seeds, few-shot budget -- reuses the same cached features, so an encoder runs over a
 split exactly once (tested by counting forward calls). Files are written atomically (temp + rename).
+The encoder key is :func:`usjepa_fast.embed.fingerprint.feature_key` (it also covers the backend
+kind/precision and the preprocessing), and the features themselves come from the embed engine
+(:func:`usjepa_fast.embed.embed_split`): one batching, one backend call path, one preprocessing for
+``usfast embed`` and the probes. Test-time corruptions are applied by the engine's pixel hook on the
+un-normalised [0, 1] pixels inside the scan mask (:class:`CorruptionTransform`).
 
 Encoders: every spec form (timm name, usfast ``.safetensors`` / run dir, checkpoint + ``arch``,
 ``zoo:NAME=PATH`` paper baselines, ``random:SPEC[@seed]`` -- a random initialisation of SPEC's
@@ -26,9 +31,7 @@ import io
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from usjepa_fast.errors import DataError, UsfastError
+from usjepa_fast.errors import UsfastError
+from usjepa_fast.fileio import atomic_write_bytes
 
 log = logging.getLogger("usfast")
 
@@ -63,7 +67,9 @@ class Encoder:
 
     @property
     def key(self) -> str:
-        return encoder_key(self.info)
+        from usjepa_fast.embed.fingerprint import feature_key
+
+        return feature_key(self)  # weights, input geometry, pooling, and this runtime (backend/precision)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -71,20 +77,11 @@ class Encoder:
 
 
 def encoder_key(info: Any) -> str:
-    """Stable hash of what determines an encoder's features (weights, pixels in, pooling)."""
-    fields = {
-        "source_hash": str(getattr(info, "source_hash", "")),
-        "timm_name": str(getattr(info, "timm_name", "")),
-        "timm_kwargs": getattr(info, "timm_kwargs", {}) or {},
-        "input_size": int(info.input_size),
-        "mean": [round(float(v), 6) for v in info.mean],
-        "std": [round(float(v), 6) for v in info.std],
-        "pool": str(getattr(info, "pool", "")),
-        "width": int(getattr(info, "width", 0) or 0),
-    }
-    if not fields["source_hash"]:
-        raise UsfastError(f"encoder {getattr(info, 'name', '?')} declares no source_hash; features cannot be cached")
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """Stable hash of what determines an encoder's features (weights, pixels in, pooling): the
+    :mod:`usjepa_fast.embed.fingerprint` key of ``info`` on the default (torch fp32) runtime."""
+    from usjepa_fast.embed.fingerprint import feature_key
+
+    return feature_key(info)
 
 
 def open_encoder(
@@ -128,19 +125,10 @@ def open_encoder(
 
 def open_split(dataset_root: str | Path, split: str, info: Any) -> Any:
     """UltraBench split preprocessed for this encoder (input size, mean/std it declares)."""
-    from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
+    from usjepa_fast.data.preprocess import Preprocessor, eval_config
     from usjepa_fast.data.ultrabench import UltraBenchDataset
 
-    size = int(info.input_size)
-    patch = int(getattr(info, "patch_size", 16) or 16)
-    cfg = PreprocessConfig(
-        image_size=size,
-        mean=tuple(float(v) for v in info.mean),
-        std=tuple(float(v) for v in info.std),
-        train=False,
-        patch_size=patch if size % patch == 0 else 1,
-    )
-    return UltraBenchDataset(dataset_root, split=split, transform=Preprocessor(cfg))
+    return UltraBenchDataset(dataset_root, split=split, transform=Preprocessor(eval_config(info)))
 
 
 def dataset_key(dataset: Any, split: str) -> str:
@@ -184,97 +172,52 @@ class SplitFeatures:
     from_cache: bool = False
 
 
-def extract_features(
-    encoder: Encoder,
-    dataset: Any,
-    batch_size: int = 32,
-    corruption: Corruption | None = None,
-) -> SplitFeatures:
-    """Run ``encoder`` over ``dataset`` (items: image (3,S,S) normalised, scan_mask (S,S), label).
+class CorruptionTransform:
+    """The embed engine's pixel transform for a :class:`Corruption`: un-normalise to [0, 1], corrupt
+    inside the scan mask, re-normalise. One noise stream per dataset item (seeded by the item's index),
+    so the corrupted pixels do not depend on batching, decode threads or the backend."""
 
-    Unreadable items are logged, counted and skipped (the run never dies midway). With
-    ``corruption`` the batch is un-normalised, corrupted inside its scan mask and re-normalised.
-    """
-    from usjepa_fast.probe.corruptions import corrupt
+    def __init__(self, corruption: Corruption, info: Any) -> None:
+        from usjepa_fast.probe.corruptions import CORRUPTIONS, SEVERITIES
 
-    mean = torch.tensor([float(v) for v in encoder.info.mean]).view(1, -1, 1, 1)
-    std = torch.tensor([float(v) for v in encoder.info.std]).view(1, -1, 1, 1)
-    feats: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
-    n = len(dataset)
-    skipped_box = [0]
+        if corruption.name not in CORRUPTIONS:
+            raise UsfastError(f"unknown corruption {corruption.name!r}; choose from {', '.join(CORRUPTIONS)}")
+        if corruption.severity not in SEVERITIES:
+            raise UsfastError(f"corruption severity {corruption.severity} must be one of {list(SEVERITIES)}")
+        self.c = corruption
+        self.mean = torch.tensor([float(v) for v in info.mean]).view(1, -1, 1, 1)
+        self.std = torch.tensor([float(v) for v in info.std]).view(1, -1, 1, 1)
 
-    def batches() -> Iterator[tuple[list[int], list[dict]]]:
-        """(dataset indices, items) per batch; unreadable items are logged, counted and skipped."""
-        index: list[int] = []
-        items: list[dict] = []
-        for i in range(n):
-            try:
-                item = dataset[i]
-            except (DataError, OSError, ValueError) as exc:
-                skipped_box[0] += 1
-                log.warning("probe: skipping item %d of %s (%s)", i, getattr(dataset, "root", "dataset"), exc)
-                continue
-            index.append(i)
-            items.append(item)
-            if len(items) == batch_size:
-                yield index, items
-                index, items = [], []
-        if items:
-            yield index, items
+    def __call__(self, x: torch.Tensor, scan_mask: torch.Tensor, index: int) -> torch.Tensor:
+        from usjepa_fast.probe.corruptions import corrupt
 
-    def embed(index: list[int], batch: list[dict]) -> None:
-        x = torch.stack([it["image"] for it in batch])  # (B, 3, S, S) normalised
-        if corruption is not None:
-            m = torch.stack([torch.as_tensor(it["scan_mask"]) for it in batch]).bool()  # (B, S, S)
-            x01 = (x * std + mean).clamp(0.0, 1.0)
-            # One noise stream per dataset item: the corrupted pixels do not depend on the batching.
-            seeds = [corruption.seed * 1_000_003 + i for i in index]
-            x01 = corrupt(x01, corruption.name, corruption.severity, m, seed=seeds)
-            x = (x01 - mean) / std
-        out = encoder(x)  # (B, D)
-        if out.ndim != 2 or out.shape[0] != x.shape[0]:
-            raise UsfastError(f"encoder {encoder.name} returned shape {tuple(out.shape)}; expected (B, D) pooled")
-        feats.append(out.detach().cpu().numpy().astype(np.float32, copy=False))
-        labels.extend(int(it["label"]) for it in batch)
-        paths.extend(str(it.get("path", "")) for it in batch)
-
-    # One loader thread decodes/preprocesses batch k+1 while the encoder runs on batch k (image
-    # decoding releases the GIL); only one request is ever outstanding, so the generator is never
-    # advanced concurrently.
-    gen = batches()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usfast-probe-load") as pool:
-        pending = pool.submit(next, gen, None)
-        while (ready := pending.result()) is not None:
-            pending = pool.submit(next, gen, None)
-            embed(*ready)
-    skipped = skipped_box[0]
-    if skipped:
-        log.warning("probe: %d of %d items could not be read and were skipped", skipped, n)
-    width = int(getattr(encoder.info, "width", 0) or 0)
-    x = np.concatenate(feats) if feats else np.zeros((0, width), dtype=np.float32)
-    return SplitFeatures(x=x, y=np.asarray(labels, dtype=np.int64), paths=paths, skipped=skipped)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        x01 = (x * std + mean).clamp(0.0, 1.0)  # (n, 3, S, S) in [0, 1]
+        seeds = [self.c.seed * 1_000_003 + index] * x.shape[0]
+        x01 = corrupt(x01, self.c.name, self.c.severity, scan_mask, seed=seeds)
+        return (x01 - mean) / std
 
 
 class MemorySplit:
-    """A split whose preprocessed items are loaded once and kept in memory (robustness re-embeds the
-    test split once per corruption and severity; decoding it every time would dominate)."""
+    """A split whose decoded records (gray image + scan mask) are read once and kept in memory:
+    robustness re-embeds the test split once per corruption and severity, and decoding the files
+    every time would dominate. Works wherever a split is expected (``split_features(dataset=...)``)."""
 
     def __init__(self, dataset: Any) -> None:
         self.root = getattr(dataset, "root", None)
         self.paths = list(dataset.paths)
+        self.mask_paths = list(dataset.mask_paths)
         self.labels = np.asarray(dataset.labels)
         self._source = dataset
-        self._items: dict[int, dict] = {}
+        self._records: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict:
-        if i not in self._items:  # errors propagate each time, so skips are counted per pass
-            self._items[i] = self._source[i]
-        return self._items[i]
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._records:  # errors propagate each time, so skips are counted per pass
+            self._records[i] = self._source.load(i)
+        return self._records[i]
 
 
 class FeatureCache:
@@ -305,7 +248,6 @@ class FeatureCache:
             return None
 
     def save(self, path: Path, feats: SplitFeatures, meta: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -314,9 +256,8 @@ class FeatureCache:
             paths=np.asarray(feats.paths, dtype=str),
             meta=np.asarray(json.dumps({**meta, "skipped": feats.skipped})),
         )
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)
+        # a cache: entries are validated on load and recomputed when torn, so no fsync (durable=False)
+        atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 def split_features(
@@ -328,23 +269,31 @@ def split_features(
     corruption: Corruption | None = None,
     dataset: Any | None = None,
 ) -> SplitFeatures:
-    """Features of one split, from the cache or computed (and then cached). ``dataset``: an already
-    opened split (e.g. :class:`MemorySplit`) instead of opening ``dataset_root`` again."""
+    """Features of one split, from the cache or computed through the embed engine
+    (:func:`usjepa_fast.embed.embed_split`) and then cached. ``dataset``: an already opened split
+    (e.g. :class:`MemorySplit`) instead of opening ``dataset_root`` again. Unreadable records are
+    logged, counted (``skipped``) and left out."""
+    from usjepa_fast.embed.dataset import embed_split
+    from usjepa_fast.embed.fingerprint import feature_key
+
     cache = cache or FeatureCache()
     dataset = dataset if dataset is not None else open_split(dataset_root, split, encoder.info)
-    path = cache.path(encoder.key, dataset_key(dataset, split), split, corruption)
+    enc_key = feature_key(encoder)
+    path = cache.path(enc_key, dataset_key(dataset, split), split, corruption)
     hit = cache.load(path)
     if hit is not None:
         return hit
-    t0 = time.perf_counter()
-    feats = extract_features(encoder, dataset, batch_size=batch_size, corruption=corruption)
+    transform = CorruptionTransform(corruption, encoder.info) if corruption is not None else None
+    emb = embed_split(encoder, dataset_root, split, batch_size=batch_size, dataset=dataset, pixel_transform=transform)
+    feats = SplitFeatures(x=emb.x, y=emb.y, paths=emb.paths, skipped=len(emb.failed))
+    if feats.skipped:
+        log.warning("probe: %d of %d items could not be read and were skipped", feats.skipped, len(dataset))
     log.info(
-        "probe: embedded %s/%s with %s (%d items, %.1fs)%s",
+        "probe: embedded %s/%s with %s (%d items)%s",
         dataset_root,
         split,
         encoder.name,
         feats.x.shape[0],
-        time.perf_counter() - t0,
         f" [{corruption.tag}]" if corruption else "",
     )
     cache.save(
@@ -352,7 +301,7 @@ def split_features(
         feats,
         {
             "encoder": encoder.name,
-            "encoder_key": encoder.key,
+            "encoder_key": enc_key,
             "dataset": str(dataset_root),
             "split": split,
             "corruption": corruption.tag if corruption else None,

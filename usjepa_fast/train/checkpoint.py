@@ -10,7 +10,6 @@ either the previous or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -20,19 +19,15 @@ import numpy as np
 import torch
 
 from usjepa_fast.errors import CheckpointError
+from usjepa_fast.fileio import atomic_open
 
 log = logging.getLogger("usfast")
 _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_open(path) as handle:
         torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:

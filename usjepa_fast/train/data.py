@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -30,25 +31,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def corpus_item_weights(corpus: Any) -> list[float] | None:
-    """Per-item sampling weights of a MixedCorpus (source weight spread over its items), else None."""
-    datasets = getattr(corpus, "datasets", None)
-    weights = getattr(corpus, "weights", None)
-    if datasets is None or weights is None or len(datasets) != len(weights):
-        return None
-    per_item: list[float] = []
-    for ds, w in zip(datasets, weights, strict=True):
-        n = len(ds)
-        per_item += [float(w) / max(1, n)] * n
-    if len(per_item) != len(corpus) or len(set(per_item)) <= 1:
-        return None  # uniform: a permutation (no replacement) is strictly better
-    return per_item
+def build_pretrain_datasets(cfg: DataConfig, patch_size: int, seed: int) -> tuple[Dataset, Dataset | None, list[int]]:
+    """(train dataset, validation dataset or None, train items per corpus member) from ``cfg.sources``.
 
-
-def build_pretrain_datasets(
-    cfg: DataConfig, patch_size: int, seed: int
-) -> tuple[Dataset, Dataset | None, list[float] | None]:
-    """(train dataset, validation dataset or None, per-item train weights or None) from ``cfg.sources``."""
+    The train subset keeps the corpus order (members are contiguous), so the member sizes are all a
+    :class:`~usjepa_fast.data.sampler.CorpusSampler` needs to weight the members by ``min(size, cap)``."""
     from usjepa_fast.data.corpus import build_pretrain_corpus
     from usjepa_fast.data.preprocess import PreprocessConfig
     from usjepa_fast.data.video import FrameSampling
@@ -64,8 +51,9 @@ def build_pretrain_datasets(
     if n < 2:
         raise DataError(f"data.sources {cfg.sources} hold {n} frame(s); pretraining needs at least 2")
     train_idx, val_idx = split_indices(n, cfg.val_fraction, seed)
-    weights = corpus_item_weights(train_corpus)
-    train_weights = [weights[i] for i in train_idx] if weights is not None else None
+    # train_idx is sorted, so each member's train items stay one contiguous block
+    members = np.searchsorted(np.asarray(train_corpus.offsets), np.asarray(train_idx), side="right") - 1
+    train_sizes = np.bincount(members, minlength=len(train_corpus.datasets)).tolist()
     val_ds = None
     if val_idx:
         eval_corpus = build_pretrain_corpus(list(cfg.sources), eval_pp, cfg.cap, sampling)
@@ -73,7 +61,7 @@ def build_pretrain_datasets(
             raise DataError(f"data.sources {cfg.sources} changed while opening them; retry")
         val_ds = Subset(eval_corpus, val_idx)
     log.info("pretraining corpus: %d frames (%d train, %d validation)", n, len(train_idx), len(val_idx))
-    return Subset(train_corpus, train_idx), val_ds, train_weights
+    return Subset(train_corpus, train_idx), val_ds, [n for n in train_sizes if n > 0]
 
 
 def collate_pretrain(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from usjepa_fast.config import save_config, to_dict
+from usjepa_fast.data.sampler import CorpusSampler
 from usjepa_fast.errors import ConfigError, UsfastError
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
 from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
@@ -54,7 +55,6 @@ from usjepa_fast.models.vit import VisionTransformer
 from usjepa_fast.train import checkpoint as ckpt
 from usjepa_fast.train.config import TrainConfig
 from usjepa_fast.train.data import build_pretrain_datasets, collate_pretrain
-from usjepa_fast.train.sampler import ResumableDistributedSampler
 from usjepa_fast.train.schedules import lr_at, momentum_at, wd_at
 
 log = logging.getLogger("usfast")
@@ -153,7 +153,7 @@ class Trainer:
         resume: bool = False,
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
-        train_weights: list[float] | None = None,
+        train_sizes: list[int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.dist = init_distributed(cfg.run.device)
@@ -191,12 +191,18 @@ class Trainer:
 
         # Data
         if train_dataset is None:
-            train_dataset, val_dataset, train_weights = build_pretrain_datasets(
+            train_dataset, val_dataset, train_sizes = build_pretrain_datasets(
                 cfg.data, cfg.model.patch_size, cfg.run.seed
             )
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
-        self.sampler = ResumableDistributedSampler(
-            len(train_dataset), cfg.run.seed, self.dist.rank, self.dist.world_size, train_weights
+        # members weighted by min(size, data.cap); a dataset given without member sizes is one member
+        # (a plain permutation per epoch)
+        self.sampler = CorpusSampler(
+            train_sizes or [len(train_dataset)],
+            cfg.data.cap if train_sizes else None,
+            seed=cfg.run.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         if self.sampler.per_rank < cfg.data.batch_size:
             raise ConfigError(

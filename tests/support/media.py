@@ -1,4 +1,4 @@
-"""Helpers for the data-layer tests: tiny synthetic videos in every container."""
+"""Tiny synthetic videos for tests: every container, edit lists, truncated files, folder snapshots."""
 
 from __future__ import annotations
 
