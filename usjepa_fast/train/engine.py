@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from usjepa_fast.config import save_config, to_dict
 from usjepa_fast.errors import ConfigError, UsfastError
+from usjepa_fast.hardware import bf16_native
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
 from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
 from usjepa_fast.models.pixel import patchify_gray, pixel_target_dim
@@ -163,8 +164,12 @@ class Trainer:
             torch.set_num_threads(cfg.run.num_threads)
         self.run_dir = Path(cfg.run.out_dir)
         self._validate_config()
-        self.use_bf16 = cfg.run.precision == "bf16" or (
-            cfg.run.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and bf16_native(self.device))
+        log.info(
+            "precision: %s (run.precision=%s; %s)",
+            "bf16 autocast" if self.use_bf16 else "fp32",
+            cfg.run.precision,
+            "native bf16 on this device" if bf16_native(self.device) else "no native bf16 on this device",
         )
         self.grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
         self.collator = MultiBlockMaskCollator(cfg.mask, self.grid, seed=cfg.run.seed)
@@ -247,7 +252,8 @@ class Trainer:
         teacher: Teacher | None = None
         kind = cfg.objective.kind
         if kind == "salt":
-            teacher = frozen_teacher(cfg.teacher.spec, cfg.teacher.arch, self.grid, bf16=cfg.teacher.bf16)
+            teacher_bf16 = self.use_bf16 if cfg.teacher.bf16 is None else cfg.teacher.bf16
+            teacher = frozen_teacher(cfg.teacher.spec, cfg.teacher.arch, self.grid, bf16=teacher_bf16)
             teacher.set_input_normalisation(cfg.data.mean, cfg.data.std)
             out_dim = teacher.width
         elif kind == "ema":
