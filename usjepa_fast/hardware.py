@@ -245,7 +245,7 @@ def machine_key(device: Any = None) -> str:
 
 
 def bf16_native(device: Any) -> bool:
-    """Whether ``device`` runs bf16 matmuls natively (the training precision rule's one fact)."""
+    """Whether ``device`` runs bf16 matmuls natively (Ampere+ GPU; CPU with AMX-BF16 / AVX512-BF16)."""
     import torch
 
     dev = torch.device(device)
@@ -255,3 +255,29 @@ def bf16_native(device: Any) -> bool:
     if dev.type == "cpu":
         return cpu_caps().bf16_native
     return False
+
+
+def bf16_training_pays(device: Any) -> tuple[bool, str]:
+    """Whether bf16 autocast speeds up a *training* step on ``device``, and why (``run.precision=auto``).
+
+    CUDA: Ampere+ (bf16 tensor cores). CPU: AMX-BF16 only. On an AVX512-BF16 CPU (no AMX) a SALT step
+    under bf16 autocast measured slower than fp32 at every size tried (tiny recipe 0.75x, ViT-Ti
+    student + teacher 0.85x, ViT-S 0.77x; teacher-only bf16 0.88-0.98x; benchmarks/train_precision.py):
+    autocast re-casts every frozen or trainable weight each step and the backward matmuls gain little,
+    while inference (weights cast once per batch of 32) gains 1.5-2.3x. AMX tiles do 16x the bf16 work
+    per instruction; that gain is not measured here (no AMX machine) - re-run the benchmark on one.
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        ok = bf16_native(dev)
+        return ok, "bf16 tensor cores" if ok else "no bf16 tensor cores (pre-Ampere)"
+    if dev.type == "cpu":
+        caps = cpu_caps()
+        if caps.amx_bf16:
+            return True, "AMX-BF16 tiles"
+        if caps.avx512_bf16:
+            return False, "AVX512-BF16 without AMX: bf16 training steps measured slower than fp32"
+        return False, f"{caps.isa}: bf16 would be emulated"
+    return False, f"{dev.type}: no bf16 rule"
