@@ -118,7 +118,13 @@ def _export_int8(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-fp32-") as tmp:
         fp32 = export_onnx(
-            encoder, Path(tmp) / "fp32.onnx", arch=arch, pool=pool, img_size=img_size, exporter=exporter, seed=seed
+            encoder,
+            Path(tmp) / f"{out.stem}-fp32.onnx",
+            arch=arch,
+            pool=pool,
+            img_size=img_size,
+            exporter=exporter,
+            seed=seed,
         )
         pixels = calibration_pixels(calibration, fp32.info, frames=frames)
         res = quantize_onnx(fp32.onnx_path, out, pixels, method=method)
