@@ -223,9 +223,17 @@ def calib(synth_root, fp32_onnx) -> torch.Tensor:
     return calibration_pixels(synth_root / "ultrabench", info, frames=40)
 
 
-def test_calibration_frames_look_like_embed_inputs(synth_root, calib) -> None:
+def test_calibration_frames_look_like_embed_inputs(synth_root, calib, fp32_onnx) -> None:
+    from usjepa_fast.embed.calibration import calibration_pixels
+    from usjepa_fast.export import read_export_sidecar
+
     assert calib.shape == (40, 3, SIZE, SIZE) and calib.dtype == torch.float32 and torch.isfinite(calib).all()
     assert calib.std() > 0.1  # real, windowed frames, not constants
+    info, _ = read_export_sidecar(fp32_onnx.with_suffix(".json"))
+    clips = calibration_pixels(synth_root / "clips", info, frames=12)
+    assert clips.shape == (12, 3, SIZE, SIZE)  # 4 frames spread over each of the 3 clips
+    with pytest.raises(UsfastError, match="no images or videos"):
+        calibration_pixels(synth_root / "clips" / "clips.json", info)
 
 
 @pytest.fixture(scope="module")
