@@ -139,23 +139,10 @@ def cosine_vs_peer(out: Path, ref: dict) -> float:
 
 
 def lscpu_flags() -> str:
-    """The machine's ``lscpu`` Flags line (results files record it), or cpuinfo's flags."""
-    import subprocess
+    """The machine's full flags line (what ``lscpu`` prints as Flags), for the results file."""
+    from usjepa_fast.hardware import raw_cpu_flags
 
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Flags:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from usjepa_fast.hardware import parse_cpuinfo_flags
-
-    return (
-        " ".join(sorted(parse_cpuinfo_flags(Path("/proc/cpuinfo").read_text())))
-        if Path("/proc/cpuinfo").is_file()
-        else ""
-    )
+    return " ".join(sorted(raw_cpu_flags()))
 
 
 def default_configs() -> list[str]:
@@ -254,7 +241,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from usjepa_fast.embed.backends import available_cpus
     from usjepa_fast.hardware import cpu_caps
-    from usjepa_fast.models.frozen import load_frozen_encoder
+    from usjepa_fast.models.resolve import resolve_encoder
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="usfast_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -270,11 +257,14 @@ def main() -> None:
         f"# {caps.model_name} ({platform.machine()}), {cpus} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads, load avg at start {load1:.2f}"
     )
+    from _machine import machine_header
+
+    print("\n".join(machine_header()))
     print(f"# ISA {caps.isa}: {caps.summary()}")
     print(f"# lscpu flags: {flags}")
     print(f"# model {args.model} (random init), {len(files)} clips x {args.frames} frames at {args.size}px")
 
-    encoder = load_frozen_encoder(args.model)
+    encoder = resolve_encoder(args.model)
     info = encoder.info
     keys = args.configs.split(",") if args.configs else default_configs()
     if "torch:fp32" not in keys:

@@ -53,6 +53,9 @@ def main() -> None:
 
     caps = cpu_caps()
     load0 = os.getloadavg()[0]
+    from _machine import machine_header
+
+    print("\n".join(machine_header()))
     print(f"# {caps.summary()}; {args.threads} thread(s); load avg at start {load0:.2f}")
     trainers = {}
     for mode in ("fp32", "bf16"):

@@ -61,6 +61,12 @@ def parse_cpuinfo_flags(text: str) -> frozenset[str]:
     return frozenset()
 
 
+def raw_cpu_flags(path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """Every flag ``lscpu`` shows (``/proc/cpuinfo``), unfiltered; empty off Linux. For results files."""
+    p = Path(path)
+    return parse_cpuinfo_flags(p.read_text(errors="replace")) if p.is_file() else frozenset()
+
+
 @dataclass(frozen=True)
 class CpuCaps:
     """CPU extensions relevant to precision; ``flags`` are the normalised names in ``_FLAG_ALIASES``."""

@@ -5,11 +5,13 @@ Every backend is a callable ``backend(x (B, 3, S, S) float32) -> (B, D) float32`
 mean/std, pooling, width), ``.precision`` and ``.name`` (what runs, e.g. ``torch-eager-cpu-bf16``,
 ``onnx-cpu-int8``, ``openvino-cpu-bf16``, ``tensorrt-fp16``).
 
-``open_backend(spec, backend="auto", precision="auto")`` accepts a timm name, a usfast
-``.safetensors``/run dir, a checkpoint (+ ``arch``), an ``.onnx`` export (sidecar beside it) or a
-TensorRT ``.engine``. For a PyTorch-loadable spec the ONNX, int8 and TensorRT forms are produced on
-the fly (:func:`usjepa_fast.export.export_onnx`, :func:`usjepa_fast.export.quantize_onnx`, both
-parity-checked) into the cache folder it names, keyed by the weights' hash.
+``open_backend(spec, backend="auto", precision="auto")`` runs an ``.onnx`` export (sidecar beside it)
+or a TensorRT ``.engine`` itself and opens every other spec form (timm name, ``random:SPEC``, usfast
+``.safetensors`` / run dir, checkpoint + ``arch``, ``zoo:NAME=PATH``) through the one resolver,
+:func:`usjepa_fast.models.resolve.resolve_encoder`. For a PyTorch-loadable spec the ONNX, int8 and
+TensorRT forms are produced on the fly (:func:`usjepa_fast.export.export_onnx`,
+:func:`usjepa_fast.export.quantize_onnx`, both parity-checked) into the cache folder it names, keyed by
+the weights' hash.
 
 ``auto`` is a rule, not a race (nothing is timed, so every run on one machine makes the same
 choice; see :mod:`usjepa_fast.embed.precision` for the precision rule): an ``.engine``/``.onnx``
@@ -28,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -180,7 +183,10 @@ class OnnxBackend:
             if "CUDAExecutionProvider" in avail:
                 gpu.append(("CUDAExecutionProvider", {"device_id": dev_id}))
             if not gpu:
-                raise BackendUnavailableError("this onnxruntime has no CUDA provider; pip install onnxruntime-gpu")
+                raise BackendUnavailableError(
+                    "this onnxruntime has no CUDA provider; pip uninstall -y onnxruntime onnxruntime-gpu && "
+                    "pip install onnxruntime-gpu (the CPU and GPU wheels cannot coexist)"
+                )
             providers = gpu + providers
         try:
             self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
@@ -336,6 +342,8 @@ def open_backend(
     pool: str | None = None,
     img_size: int | None = None,
     seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     exporter: str = "dynamo",
     cache_dir: str | Path | None = None,
 ) -> Backend:
@@ -344,9 +352,11 @@ def open_backend(
     ``precision``: ``auto`` (None) | ``fp32`` | ``bf16`` | ``fp16`` | ``int8``, resolved per runtime
     and hardware by :func:`usjepa_fast.embed.precision.resolve_precision`; anything but fp32 comes
     back wrapped in the fp32 parity gate. ``calibration`` (int8 only): ``(N, 3, S, S)`` preprocessed
-    pixels or a media folder/file of the user's own frames.
+    pixels or a media folder/file of the user's own frames. ``arch`` / ``pool`` / ``img_size`` /
+    ``seed`` / ``mean`` / ``std``: as in ``resolve_encoder`` (torch-loadable specs).
     """
     from usjepa_fast.embed.precision import check_precision_name
+    from usjepa_fast.models.resolve import parse_encoder_spec, resolve_encoder
 
     if backend not in BACKENDS:
         raise UsfastError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -358,8 +368,9 @@ def open_backend(
         raise UsfastError("--precision int8 needs --calibration DIR (a few hundred frames of your own data)")
     if requested == "int8" and backend not in ("auto", "onnx"):
         raise UsfastError(f"--precision int8 runs through ONNX Runtime; use --backend onnx (not {backend})")
-    path = Path(spec)
-    suffix = path.suffix.lower()
+    parsed = parse_encoder_spec(spec, arch)  # one-line errors for malformed specs before any work
+    path = parsed.path or Path(parsed.text)
+    suffix = path.suffix.lower() if parsed.form == "runtime" else ""
     if backend == "tensorrt" or suffix in (".engine", ".plan"):
         from usjepa_fast.export.tensorrt import _import_trt
 
@@ -379,9 +390,7 @@ def open_backend(
         log.info("backend: %s (%s)", b.name, path.name)
         return b
 
-    from usjepa_fast.models.frozen import load_frozen_encoder
-
-    encoder = load_frozen_encoder(spec, arch=arch, pool=pool, img_size=img_size, seed=seed)
+    encoder = resolve_encoder(parsed, arch=arch, pool=pool, img_size=img_size, seed=seed, mean=mean, std=std)
     runtime = auto_runtime(dev, requested) if backend == "auto" else backend
     b = _from_encoder(encoder, runtime, dev, requested, calibration, compile, threads, exporter, cache_dir, backend)
     log.info("backend: %s for %s", b.name, encoder.info.name)
