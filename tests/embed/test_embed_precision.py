@@ -39,10 +39,14 @@ def _gpu(major: int) -> CudaCaps:
 
 @pytest.fixture
 def as_cpu(monkeypatch):
-    """Pretend this process runs on another CPU (the detection itself is tested in tests/test_hardware.py)."""
+    """Pretend this process runs on another CPU (the detection itself is tested in tests/test_hardware.py),
+    without OpenVINO unless ``openvino=True`` (auto's runtime for bf16 when it is installed)."""
+    from usjepa_fast.embed import openvino_backend
 
-    def use(caps):
+    def use(caps, openvino: bool = False):
         monkeypatch.setattr(hardware, "cpu_caps", lambda: caps)
+        if not openvino:
+            monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
 
     return use
 
@@ -283,6 +287,21 @@ def test_int8_backend_from_an_fp32_export_is_cached_and_gated(fp32_onnx, calib, 
     assert b.gate.cosine_min < 0.999
     open_backend(fp32_onnx, "onnx", "cpu", **kw)
     assert len(calls) == 1 and calls[0].parent == tmp_path / "onnx"  # cached by graph + frames, in cache_dir
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed (optional: pip install openvino)")
+def test_auto_on_a_bf16_cpu_uses_openvino_when_installed(as_cpu, tmp_path, caplog) -> None:
+    from usjepa_fast.embed.backends import auto_runtime
+
+    as_cpu(ZEN4, openvino=True)
+    caplog.set_level(logging.INFO, logger="usfast")
+    assert auto_runtime("cpu", "auto", 384) == "openvino" and auto_runtime("cpu", "auto", 192) == "torch"
+    assert auto_runtime("cpu", "fp32", 384) == "torch" and auto_runtime("cpu", "int8", 384) == "onnx"
+    b = open_backend(SMALL, "auto", "cpu", img_size=SIZE, threads=1, exporter="torchscript", cache_dir=tmp_path)
+    assert b.name == "openvino-cpu-bf16" and isinstance(b, GatedBackend)
+    assert f"cached at {tmp_path}" in caplog.text  # the one folder it writes to, named
+    x = simulated_gate_batch(b.info, n=2, seed=3)
+    assert b(x).shape == (2, 384) and b.gate.passed
 
 
 @pytest.mark.skipif(not openvino_available(), reason="OpenVINO not installed (optional: pip install openvino)")

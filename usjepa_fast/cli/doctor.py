@@ -240,9 +240,15 @@ def check_auto_precision() -> list[Check]:
     from usjepa_fast.embed.backends import auto_runtime
 
     dev = devices[-1]
-    runtime = auto_runtime(dev)
-    pick = resolve_precision("auto", runtime, dev)
-    rows.append(Check("auto backend", None, f"{runtime} on {dev.type}, {pick.precision} ({pick.reason})"))
+    wide, narrow = MIN_CPU_BF16_WIDTH * 2, MIN_CPU_BF16_WIDTH // 2
+    parts = []
+    for label, width in (("ViT-S and wider", wide), (f"narrower than {MIN_CPU_BF16_WIDTH}", narrow)):
+        runtime = auto_runtime(dev, "auto", width)
+        pick = resolve_precision("auto", runtime, dev, width=width)
+        parts.append(f"{label}: {runtime} {pick.precision} ({pick.reason})")
+        if dev.type == "cuda":
+            break
+    rows.append(Check("auto backend", None, "; ".join(parts)))
     return rows
 
 

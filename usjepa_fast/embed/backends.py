@@ -14,14 +14,15 @@ TensorRT forms are produced on the fly (:func:`usjepa_fast.export.export_onnx`,
 the weights' hash.
 
 ``auto`` is a rule, not a race (nothing is timed, so every run on one machine makes the same
-choice; see :mod:`usjepa_fast.embed.precision` for the precision rule): an ``.engine``/``.onnx``
-file runs in its own runtime; on a CUDA GPU, TensorRT fp16 when installed, else PyTorch with bf16
-(Ampere+) or fp16 autocast; on the CPU, PyTorch eager in the precision the ISA runs natively (bf16
-autocast through oneDNN on AMX-BF16/AVX512-BF16, fp32 otherwise). Measured on an AVX512-BF16 CPU
-(``benchmarks/embed_throughput.py``), OpenVINO bf16 and ORT int8 are not faster end to end than
-torch bf16 there, and they need an export step that writes files; they are explicit choices
-(``--backend openvino``, ``--precision int8 --calibration DIR``). Every non-fp32 backend passes the
-fp32 parity gate on its first batch (:class:`~usjepa_fast.embed.precision.GatedBackend`).
+choice; see :mod:`usjepa_fast.embed.precision` for the precision rule and :func:`auto_runtime` for the
+runtime): an ``.engine``/``.onnx`` file runs in its own runtime; on a CUDA GPU, TensorRT fp16 when
+installed, else PyTorch with bf16 (Ampere+) or fp16 autocast; on the CPU, the precision the ISA runs
+natively (bf16 on AMX-BF16/AVX512-BF16 for models >= 256 wide, fp32 otherwise) in OpenVINO when it is
+installed and the precision is bf16 (the ONNX export it reads is written once into the cache folder
+the log names), else in PyTorch eager (bf16 autocast through oneDNN), which writes nothing. int8 is
+an explicit choice (``--precision int8 --calibration DIR``: it needs the user's frames). Every
+non-fp32 backend passes the fp32 parity gate on its first batch
+(:class:`~usjepa_fast.embed.precision.GatedBackend`).
 """
 
 from __future__ import annotations
@@ -391,22 +392,31 @@ def open_backend(
         return b
 
     encoder = resolve_encoder(parsed, arch=arch, pool=pool, img_size=img_size, seed=seed, mean=mean, std=std)
-    runtime = auto_runtime(dev, requested) if backend == "auto" else backend
+    runtime = auto_runtime(dev, requested, encoder.info.width) if backend == "auto" else backend
     b = _from_encoder(encoder, runtime, dev, requested, calibration, compile, threads, exporter, cache_dir, backend)
     log.info("backend: %s for %s", b.name, encoder.info.name)
     return b
 
 
-def auto_runtime(device: torch.device | str, precision: str = "auto") -> str:
+def auto_runtime(device: torch.device | str, precision: str = "auto", width: int | None = None) -> str:
     """The runtime ``--backend auto`` uses for a PyTorch-loadable spec (the rule; nothing is timed):
-    int8 -> ONNX Runtime; a CUDA device with TensorRT installed -> TensorRT; else PyTorch."""
+    int8 -> ONNX Runtime; a CUDA device with TensorRT installed -> TensorRT; a CPU where the precision
+    rule picks bf16 and OpenVINO is installed -> OpenVINO (measured on an AVX512-BF16 CPU: 3.0x the fp32
+    peer's CPU time per frame, torch bf16 autocast 1.5x; benchmarks/embed_throughput.py); else PyTorch."""
+    from usjepa_fast.embed.precision import resolve_precision
+
     if precision == "int8":
         return "onnx"
-    if torch.device(device).type == "cuda":
+    dev = torch.device(device)
+    if dev.type == "cuda":
         from usjepa_fast.export.tensorrt import tensorrt_available
 
-        if tensorrt_available():
-            return "tensorrt"
+        return "tensorrt" if tensorrt_available() else "torch"
+    if dev.type == "cpu" and precision in ("auto", "bf16"):
+        from usjepa_fast.embed.openvino_backend import openvino_available
+
+        if resolve_precision(precision, "torch", dev, width=width).precision == "bf16" and openvino_available():
+            return "openvino"
     return "torch"
 
 
