@@ -203,6 +203,16 @@ def clips_copy(synth_root, tmp_path) -> Path:
 # ---------------------------------------------------------------------------------------------- int8, OpenVINO
 
 
+def test_openvino_missing_is_a_one_line_error_before_any_work(monkeypatch, tmp_path) -> None:
+    from usjepa_fast.embed import openvino_backend
+    from usjepa_fast.errors import BackendUnavailableError
+
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match=r"usjepa-fast\[openvino\]"):
+        open_backend(TINY, "openvino", "cpu", img_size=SIZE, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing exported
+
+
 def test_int8_needs_calibration_and_the_onnx_runtime() -> None:
     with pytest.raises(UsfastError, match="--calibration"):
         open_backend(TINY, "auto", "cpu", img_size=SIZE, precision="int8")

@@ -211,7 +211,7 @@ def check_openvino() -> Check:
 
     version = openvino_version()
     if version is None:
-        return Check("OpenVINO", False, "not installed (optional CPU backend); pip install openvino")
+        return Check("OpenVINO", False, "not installed (optional CPU backend); pip install 'usjepa-fast[openvino]'")
     return Check("OpenVINO", True, f"{version}; --backend openvino (CPU, reads the ONNX export)")
 
 

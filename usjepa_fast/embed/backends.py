@@ -378,8 +378,13 @@ def open_backend(
         _import_trt()  # clear message when TensorRT or a GPU is missing, before any export work
         if dev.type != "cuda":
             raise BackendUnavailableError("TensorRT runs on CUDA devices only; drop --device cpu or use --backend onnx")
-    if backend == "openvino" and dev.type != "cpu":
-        raise UsfastError("the OpenVINO backend runs on the CPU; use --device cpu or --backend torch")
+    if backend == "openvino":
+        from usjepa_fast.embed.openvino_backend import openvino_available
+
+        if dev.type != "cpu":
+            raise UsfastError("the OpenVINO backend runs on the CPU; use --device cpu or --backend torch")
+        if not openvino_available():  # before any export work
+            raise BackendUnavailableError("--backend openvino needs OpenVINO; pip install 'usjepa-fast[openvino]'")
     if suffix == ".onnx":
         b = _from_onnx_file(path, backend, dev, requested, calibration, threads, cache_dir)
         log.info("backend: %s (%s)", b.name, path.name)

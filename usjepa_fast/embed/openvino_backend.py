@@ -40,7 +40,9 @@ class OpenVinoBackend:
 
     def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
         if not openvino_available():
-            raise BackendUnavailableError("--backend openvino needs OpenVINO; pip install openvino (CPU only)")
+            raise BackendUnavailableError(
+                "--backend openvino needs OpenVINO; pip install 'usjepa-fast[openvino]' (CPU only)"
+            )
         import openvino as ov
 
         from usjepa_fast.embed.backends import available_cpus
