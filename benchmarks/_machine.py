@@ -10,13 +10,9 @@ _FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2
 
 
 def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text = fh.read()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(line.split(":", 1)[-1].split())
+    from usjepa_fast.hardware import raw_cpu_flags  # the one reader of the machine's flags
+
+    have = raw_cpu_flags()
     return [f for f in _FLAGS if f in have]
 
 

@@ -24,6 +24,27 @@ def test_doctor_lists_every_backend() -> None:
     assert format_checks(list(rows.values())).count("\n") == len(rows) - 1
 
 
+def test_doctor_shows_the_isa_and_the_auto_precision_per_backend() -> None:
+    from usjepa_fast.embed.precision import resolve_precision
+    from usjepa_fast.hardware import cpu_caps
+
+    rows = {r.name: r for r in collect_checks(run_interpreter=False)}
+    caps = cpu_caps()
+    assert f"ISA {caps.isa}" in rows["CPU"].detail and rows["CPU flags"].detail == caps.flags_line()
+    assert rows["CPU bf16"].ok == caps.bf16_native and rows["CPU int8"].ok == caps.int8_native
+    auto = rows["auto precision (cpu)"].detail
+    assert f"torch {resolve_precision('auto', 'torch', 'cpu').precision}" in auto and "onnx fp32" in auto
+    detail = rows["auto backend"].detail
+    assert torch_cuda() or (detail.startswith("ViT-S and wider: ") and "narrower than 256: torch fp32" in detail)
+    assert "OpenVINO" in rows
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_pyav_codecs_reported() -> None:
     decode = next(r for r in check_pyav() if r.name == "PyAV decode")
     for codec in ("h264", "mpeg4", "vp9", "mjpeg", "gif"):

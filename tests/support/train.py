@@ -52,5 +52,6 @@ def tiny_cfg(out_dir: Path, *overrides: str) -> TrainConfig:
         "run.ckpt_every=100",
         "run.val_every=100",
         "teacher.bf16=false",
+        "run.precision=fp32",  # same numerics on every CPU (auto = bf16 on AMX/AVX512-BF16 ones)
     ]
     return from_dict(TrainConfig, apply_overrides({}, base + list(overrides)))

@@ -1,4 +1,5 @@
-"""``usfast doctor``: what this machine can use (CUDA, Triton, DALI, TensorRT, ONNX Runtime, PyAV codecs).
+"""``usfast doctor``: what this machine can use (CPU ISA and precisions, CUDA, Triton, DALI, TensorRT, ONNX
+Runtime, OpenVINO, PyAV codecs).
 
 The checks are plain functions returning :class:`Check` rows so tests and other tools can call them
 without the CLI; only :func:`register` touches typer.
@@ -52,11 +53,11 @@ def check_torch_cuda() -> list[Check]:
         built = torch.version.cuda or "none"
         rows.append(Check("CUDA", False, f"no CUDA device (torch built for CUDA {built}); everything runs on the CPU"))
         return rows
+    from usjepa_fast.hardware import cuda_caps
+
     for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        rows.append(
-            Check(f"CUDA:{i}", True, f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute {p.major}.{p.minor}")
-        )
+        caps = cuda_caps(torch.device("cuda", i))
+        rows.append(Check(f"CUDA:{i}", True, caps.summary() if caps is not None else "?"))
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     rows.append(Check("cuDNN", cudnn is not None, str(cudnn)))
     rows.append(Check("bf16", torch.cuda.is_bf16_supported(), "bfloat16 autocast"))
@@ -162,10 +163,100 @@ def check_pyav() -> list[Check]:
     return rows
 
 
+def check_cpu() -> list[Check]:
+    """The CPU's ISA level and flags, and what they make native (bf16 / int8 / fp16)."""
+    from usjepa_fast.hardware import cpu_caps
+
+    caps = cpu_caps()
+    rows = [
+        Check("CPU", None, f"{caps.model_name}; ISA {caps.isa}; torch kernels {caps.torch_capability}"),
+        Check(
+            "CPU flags",
+            None,
+            caps.flags_line()
+            + (f"  (sources disagree on: {', '.join(caps.disagreements)})" if caps.disagreements else ""),
+        ),
+        Check(
+            "CPU bf16",
+            caps.bf16_native,
+            "native (AMX-BF16)"
+            if caps.amx_bf16
+            else "native (AVX512-BF16)"
+            if caps.avx512_bf16
+            else "emulated: fp32 is faster",
+        ),
+        Check(
+            "CPU int8",
+            caps.int8_native,
+            "native ("
+            + ", ".join(
+                n
+                for n, ok in (
+                    ("AMX-INT8", caps.amx_int8),
+                    ("AVX512-VNNI", caps.avx512_vnni),
+                    ("AVX-VNNI", caps.avx_vnni),
+                )
+                if ok
+            )
+            + ")"
+            if caps.int8_native
+            else "no VNNI/AMX: int8 is emulated",
+        ),
+    ]
+    return rows
+
+
+def check_openvino() -> Check:
+    from usjepa_fast.embed.openvino_backend import openvino_version
+
+    version = openvino_version()
+    if version is None:
+        return Check("OpenVINO", False, "not installed (optional CPU backend); pip install 'usjepa-fast[openvino]'")
+    return Check("OpenVINO", True, f"{version}; --backend openvino (CPU, reads the ONNX export)")
+
+
+def check_auto_precision() -> list[Check]:
+    """What ``--precision auto`` resolves to per backend on each device here (the rule, no timing)."""
+    import torch
+
+    from usjepa_fast.embed.openvino_backend import openvino_available
+    from usjepa_fast.embed.precision import MIN_CPU_BF16_WIDTH, resolve_precision
+    from usjepa_fast.errors import UsfastError
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
+    rows = []
+    for dev in devices:
+        parts = []
+        for runtime in ("torch", "onnx", "openvino", "tensorrt"):
+            if runtime == "openvino" and not openvino_available():
+                continue
+            try:
+                choice = resolve_precision("auto", runtime, dev)
+            except UsfastError:
+                continue  # the runtime does not run on this device
+            parts.append(f"{runtime} {choice.precision}")
+        note = f"  (CPU: fp32 for models narrower than {MIN_CPU_BF16_WIDTH})" if dev.type == "cpu" else ""
+        rows.append(Check(f"auto precision ({dev.type})", None, "; ".join(parts) + note))
+    from usjepa_fast.embed.backends import auto_runtime
+
+    dev = devices[-1]
+    wide, narrow = MIN_CPU_BF16_WIDTH * 2, MIN_CPU_BF16_WIDTH // 2
+    parts = []
+    for label, width in (("ViT-S and wider", wide), (f"narrower than {MIN_CPU_BF16_WIDTH}", narrow)):
+        runtime = auto_runtime(dev, "auto", width)
+        pick = resolve_precision("auto", runtime, dev, width=width)
+        parts.append(f"{label}: {runtime} {pick.precision} ({pick.reason})")
+        if dev.type == "cuda":
+            break
+    rows.append(Check("auto backend", None, "; ".join(parts)))
+    return rows
+
+
 def collect_checks(run_interpreter: bool = True) -> list[Check]:
     """Every check, in display order."""
-    rows = [check_python(), *check_torch_cuda(), *check_triton(run_interpreter)]
-    rows += [check_dali(), check_tensorrt(), check_onnxruntime(), *check_pyav()]
+    rows = [check_python(), *check_cpu(), *check_torch_cuda(), *check_triton(run_interpreter)]
+    rows += [check_dali(), check_tensorrt(), check_onnxruntime(), check_openvino(), *check_pyav()]
+    rows += check_auto_precision()
     return rows
 
 
@@ -180,5 +271,6 @@ def register(app: typer.Typer) -> None:
     def doctor(
         quick: bool = typer.Option(False, "--quick", help="Skip the Triton-interpreter probe (a subprocess)."),
     ) -> None:
-        """Show what this machine can use: CUDA, Triton, DALI, TensorRT, ONNX Runtime, PyAV codecs."""
+        """Show what this machine can use: CPU ISA, CUDA, Triton, DALI, TensorRT, ONNX Runtime, OpenVINO, PyAV
+        codecs, and the precision `auto` picks per backend."""
         typer.echo(format_checks(collect_checks(run_interpreter=not quick)))

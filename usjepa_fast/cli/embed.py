@@ -23,9 +23,23 @@ def register(app: typer.Typer) -> None:
             ".onnx or .engine.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Output directory (re-running resumes it)."),
-        backend: str = typer.Option("auto", "--backend", help="auto (fastest available), torch, onnx or tensorrt."),
+        backend: str = typer.Option(
+            "auto",
+            "--backend",
+            help="auto (a rule by hardware: TensorRT on a GPU when installed, else torch), torch, onnx, "
+            "openvino (CPU, optional extra) or tensorrt.",
+        ),
         device: str = typer.Option(None, "--device", help="cpu or cuda[:i] (default: cuda when present)."),
-        precision: str = typer.Option(None, "--precision", help="torch: fp32/bf16/fp16 (GPU); export: fp32/fp16."),
+        precision: str = typer.Option(
+            "auto",
+            "--precision",
+            help="auto (fastest the hardware runs natively: bf16 on AMX/AVX512-BF16 CPUs and Ampere+ GPUs, "
+            "else fp32), fp32, bf16, fp16 or int8 (CPU, ONNX Runtime, needs --calibration). Anything but fp32 "
+            "must match fp32 features (cosine >= 0.999) on the first batch.",
+        ),
+        calibration: Path = typer.Option(
+            None, "--calibration", help="int8: folder/file of your own frames to calibrate on (a few hundred)."
+        ),
         compile: bool = typer.Option(False, "--compile", help="torch backend: torch.compile the encoder."),
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
@@ -76,6 +90,8 @@ def register(app: typer.Typer) -> None:
             splits=tuple(split) if split else None,
         )
         kwargs = {"precision": precision, "compile": compile, "arch": arch, "pool": pool, "threads": threads}
+        if calibration is not None:
+            kwargs["calibration"] = calibration
         s = embed_folder(input_path, out, encoder, backend=backend, device=device, options=opts, backend_kwargs=kwargs)
         typer.echo(
             f"backend {s.backend}: {s.files_embedded} files embedded, {s.files_resumed} already done, "

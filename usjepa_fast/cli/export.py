@@ -21,7 +21,16 @@ def register(app: typer.Typer) -> None:
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
         pool: str = typer.Option(None, "--pool", help="mean (default: mean of patch tokens) or cls."),
         img_size: int = typer.Option(None, "--img-size", help="Input side for timm names/teachers (default: model's)."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16 weights/compute, fp32 I/O)."),
+        precision: str = typer.Option(
+            "fp32",
+            "--precision",
+            help="fp32, fp16 (fp16 weights/compute, fp32 I/O) or int8 (CPU/ONNX Runtime; needs --calibration).",
+        ),
+        calibration: Path = typer.Option(
+            None, "--calibration", help="int8: folder/file of your own frames to calibrate on (a few hundred)."
+        ),
+        calibration_frames: int = typer.Option(256, "--calibration-frames", help="int8: frames taken from it."),
+        quantize: str = typer.Option("static", "--quantize", help="int8: static (calibrated QDQ) or dynamic."),
         tokens: bool = typer.Option(False, "--tokens/--no-tokens", help="Also output patch tokens (B, N, D)."),
         exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export) or torchscript (legacy)."),
         tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (<stem>.engine)."),
@@ -66,6 +75,15 @@ def register(app: typer.Typer) -> None:
             return
         if fmt != "onnx":
             raise UsfastError(f"--format {fmt!r}: use onnx or timm")
+        if precision == "auto":
+            raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
+        if precision == "int8":
+            _export_int8(
+                encoder, out, arch, pool, img_size, tokens, exporter, seed, calibration, calibration_frames, quantize
+            )
+            return
+        if calibration is not None:
+            raise UsfastError("--calibration is for --precision int8")
         result = export_onnx(
             encoder,
             out,
@@ -89,3 +107,49 @@ def register(app: typer.Typer) -> None:
                 f"wrote {engine} (vs ONNX Runtime: rel err {figures['rel_err']:.1e}, "
                 f"cosine {figures['cosine_min']:.6f})"
             )
+
+
+def _export_int8(
+    encoder: str,
+    out: Path,
+    arch: str | None,
+    pool: str | None,
+    img_size: int | None,
+    tokens: bool,
+    exporter: str,
+    seed: int,
+    calibration: Path | None,
+    frames: int,
+    method: str,
+) -> None:
+    """fp32 export (parity-gated) to a temporary folder beside ``out``, then int8 quantization of it
+    calibrated on the user's frames (gated against the fp32 graph on held-out frames)."""
+    import tempfile
+
+    from usjepa_fast.embed.calibration import calibration_pixels
+    from usjepa_fast.errors import UsfastError
+    from usjepa_fast.export import export_onnx
+    from usjepa_fast.export.quantize import quantize_onnx
+
+    if calibration is None:
+        raise UsfastError("--precision int8 needs --calibration DIR (a few hundred frames of your own data)")
+    if tokens:
+        raise UsfastError("int8 exports carry pooled features only; drop --tokens")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-fp32-") as tmp:
+        fp32 = export_onnx(
+            encoder,
+            Path(tmp) / f"{out.stem}-fp32.onnx",
+            arch=arch,
+            pool=pool,
+            img_size=img_size,
+            exporter=exporter,
+            seed=seed,
+        )
+        pixels = calibration_pixels(calibration, fp32.info, frames=frames)
+        res = quantize_onnx(fp32.onnx_path, out, pixels, method=method)
+    p = res.parity
+    typer.echo(
+        f"wrote {res.onnx_path} + {res.sidecar_path.name} (int8 {res.method}, {res.calibration_frames} calibration "
+        f"frames; vs fp32 on {res.holdout_frames} held-out frames: cosine {p.cosine_min:.6f}, rel err {p.rel_err:.1e})"
+    )

@@ -1,20 +1,28 @@
-"""Inference backends for frozen encoders: PyTorch, ONNX Runtime, TensorRT; ``auto`` picks the fastest.
+"""Inference backends for frozen encoders: PyTorch, ONNX Runtime, OpenVINO, TensorRT.
 
 Every backend is a callable ``backend(x (B, 3, S, S) float32) -> (B, D) float32`` (a torch tensor on
 ``backend.device``) with ``.info`` (:class:`~usjepa_fast.models.frozen.EncoderInfo`: input size,
-mean/std, pooling, width) and ``.name`` (what runs, e.g. ``onnx-cpu-fp32`` or ``torch-cuda-bf16``).
+mean/std, pooling, width), ``.precision`` and ``.name`` (what runs, e.g. ``torch-eager-cpu-bf16``,
+``onnx-cpu-int8``, ``openvino-cpu-bf16``, ``tensorrt-fp16``).
 
-``open_backend(spec, backend="auto")`` runs an ``.onnx`` export (sidecar beside it) or a TensorRT
-``.engine`` itself and opens every other spec form (timm name, ``random:SPEC``, usfast
+``open_backend(spec, backend="auto", precision="auto")`` runs an ``.onnx`` export (sidecar beside it)
+or a TensorRT ``.engine`` itself and opens every other spec form (timm name, ``random:SPEC``, usfast
 ``.safetensors`` / run dir, checkpoint + ``arch``, ``zoo:NAME=PATH``) through the one resolver,
-:func:`usjepa_fast.models.resolve.resolve_encoder`. For a
-PyTorch-loadable spec the ONNX and TensorRT forms are produced on the fly through
-:func:`usjepa_fast.export.export_onnx` (parity-checked) and cached by the weights' hash.
+:func:`usjepa_fast.models.resolve.resolve_encoder`. For a PyTorch-loadable spec the ONNX, int8 and
+TensorRT forms are produced on the fly (:func:`usjepa_fast.export.export_onnx`,
+:func:`usjepa_fast.export.quantize_onnx`, both parity-checked) into the cache folder it names, keyed by
+the weights' hash.
 
-``auto``: with a TensorRT engine or an ``.onnx`` file, that file's runtime. Otherwise on a CUDA GPU:
-TensorRT when installed (an fp16 engine, built once and cached), else PyTorch with bf16 autocast;
-on the CPU: PyTorch eager vs ONNX Runtime are *timed* on one batch and the faster is used (ORT's
-fused graph usually wins on x86; the choice and the timings are logged).
+``auto`` is a rule, not a race (nothing is timed, so every run on one machine makes the same
+choice; see :mod:`usjepa_fast.embed.precision` for the precision rule and :func:`auto_runtime` for the
+runtime): an ``.engine``/``.onnx`` file runs in its own runtime; on a CUDA GPU, TensorRT fp16 when
+installed, else PyTorch with bf16 (Ampere+) or fp16 autocast; on the CPU, the precision the ISA runs
+natively (bf16 on AMX-BF16/AVX512-BF16 for models >= 256 wide, fp32 otherwise) in OpenVINO when it is
+installed and the precision is bf16 (the ONNX export it reads is written once into the cache folder
+the log names), else in PyTorch eager (bf16 autocast through oneDNN), which writes nothing. int8 is
+an explicit choice (``--precision int8 --calibration DIR``: it needs the user's frames). Every
+non-fp32 backend passes the fp32 parity gate on its first batch
+(:class:`~usjepa_fast.embed.precision.GatedBackend`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -37,8 +44,8 @@ from usjepa_fast.fileio import replace_file, temp_name
 
 log = logging.getLogger("usfast")
 
-BackendName = Literal["auto", "torch", "onnx", "tensorrt"]
-BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+BackendName = Literal["auto", "torch", "onnx", "openvino", "tensorrt"]
+BACKENDS = ("auto", "torch", "onnx", "openvino", "tensorrt")
 
 
 @runtime_checkable
@@ -63,7 +70,8 @@ def available_cpus() -> int:
 
 
 class TorchBackend:
-    """A FrozenEncoder in inference mode; ``precision`` bf16/fp16 = autocast (CUDA only);
+    """A FrozenEncoder in inference mode; ``precision`` bf16/fp16 = autocast on the device (CUDA, or
+    the CPU through oneDNN, which is fast with AMX-BF16/AVX512-BF16 and emulated otherwise);
     ``compile=True`` wraps it in ``torch.compile`` (worth it for long runs on a GPU)."""
 
     def __init__(
@@ -77,17 +85,13 @@ class TorchBackend:
         self.device = torch.device(device)
         if precision not in ("fp32", "bf16", "fp16"):
             raise UsfastError(f"torch backend precision {precision!r}; use fp32, bf16 or fp16")
-        if precision != "fp32" and self.device.type != "cuda":
-            raise UsfastError(
-                f"--precision {precision} is for CUDA GPUs (this x86 CPU has no fast half-precision "
-                "matmul); use fp32 on the CPU"
-            )
         if threads:
             torch.set_num_threads(threads)
         self.info = encoder.info
         self.encoder = encoder.eval().to(self.device)
         self._fn = torch.compile(self.encoder, dynamic=True) if compile else self.encoder
         self._autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.precision = precision
         self.name = f"torch-{'compiled' if compile else 'eager'}-{self.device.type}-{precision}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +103,13 @@ class TorchBackend:
             else:
                 out = self._fn(x)
         return out.float()  # (B, D)
+
+    def fp32_reference(self) -> TorchBackend:
+        """The same module without autocast (shares the weights: no copy), for the parity gate."""
+        ref = TorchBackend.__new__(TorchBackend)
+        ref.device, ref.info, ref.encoder, ref._fn = self.device, self.info, self.encoder, self.encoder
+        ref._autocast, ref.precision, ref.name = None, "fp32", f"torch-eager-{self.device.type}-fp32"
+        return ref
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +205,8 @@ class OnnxBackend:
             )
         self.provider = used
         short = {"TensorrtExecutionProvider": "trt", "CUDAExecutionProvider": "cuda"}.get(used, "cpu")
-        self.name = f"onnx-{short}-{self.export.get('precision', 'fp32')}"
+        self.precision = str(self.export.get("precision", "fp32"))
+        self.name = f"onnx-{short}-{self.precision}"
         self._out = [o.name for o in self.session.get_outputs()][0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +290,8 @@ class TensorRTBackend:
         self.info, self.export = read_export_sidecar(sidecar_path_for(engine_path))
         self.runner = TensorRTRunner(engine_path, device)
         self.device = self.runner.device
-        self.name = f"tensorrt-{self.export.get('precision', 'fp32')}"
+        self.precision = str(self.export.get("precision", "fp32"))
+        self.name = f"tensorrt-{self.precision}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.runner(x)[0].float()
@@ -318,24 +331,13 @@ def cached_onnx(
     return path
 
 
-def _time_backend(b: Backend, x: torch.Tensor, reps: int = 2) -> float:
-    b(x)  # warm-up: allocations, ORT's first-run graph preparation
-    if b.device.type == "cuda":
-        torch.cuda.synchronize(b.device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        b(x)
-    if b.device.type == "cuda":
-        torch.cuda.synchronize(b.device)
-    return (time.perf_counter() - t0) / reps
-
-
 def open_backend(
     spec: str | Path,
     backend: str = "auto",
     device: str | torch.device | None = None,
     *,
     precision: str | None = None,
+    calibration: Any = None,
     compile: bool = False,
     threads: int | None = None,
     arch: str | None = None,
@@ -346,21 +348,28 @@ def open_backend(
     std: Sequence[float] | None = None,
     exporter: str = "dynamo",
     cache_dir: str | Path | None = None,
-    timing_batch: int = 8,
 ) -> Backend:
     """Resolve ``spec`` into a ready backend (see the module docstring for ``auto``).
 
-    ``precision``: torch ``fp32``/``bf16``/``fp16`` (autocast, GPU); for ONNX/TensorRT built on the
-    fly, the export precision (default fp32 on the CPU, fp16 for TensorRT). ``arch`` / ``pool`` /
-    ``img_size`` / ``seed`` / ``mean`` / ``std``: as in ``resolve_encoder`` (torch-loadable specs).
+    ``precision``: ``auto`` (None) | ``fp32`` | ``bf16`` | ``fp16`` | ``int8``, resolved per runtime
+    and hardware by :func:`usjepa_fast.embed.precision.resolve_precision`; anything but fp32 comes
+    back wrapped in the fp32 parity gate. ``calibration`` (int8 only): ``(N, 3, S, S)`` preprocessed
+    pixels or a media folder/file of the user's own frames. ``arch`` / ``pool`` / ``img_size`` /
+    ``seed`` / ``mean`` / ``std``: as in ``resolve_encoder`` (torch-loadable specs).
     """
+    from usjepa_fast.embed.precision import check_precision_name
     from usjepa_fast.models.resolve import parse_encoder_spec, resolve_encoder
 
     if backend not in BACKENDS:
         raise UsfastError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    requested = check_precision_name(precision)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if requested == "int8" and backend in ("auto", "onnx") and calibration is None:
+        raise UsfastError("--precision int8 needs --calibration DIR (a few hundred frames of your own data)")
+    if requested == "int8" and backend not in ("auto", "onnx"):
+        raise UsfastError(f"--precision int8 runs through ONNX Runtime; use --backend onnx (not {backend})")
     parsed = parse_encoder_spec(spec, arch)  # one-line errors for malformed specs before any work
     path = parsed.path or Path(parsed.text)
     suffix = path.suffix.lower() if parsed.form == "runtime" else ""
@@ -370,12 +379,15 @@ def open_backend(
         _import_trt()  # clear message when TensorRT or a GPU is missing, before any export work
         if dev.type != "cuda":
             raise BackendUnavailableError("TensorRT runs on CUDA devices only; drop --device cpu or use --backend onnx")
+    if backend == "openvino":
+        from usjepa_fast.embed.openvino_backend import openvino_available
+
+        if dev.type != "cpu":
+            raise UsfastError("the OpenVINO backend runs on the CPU; use --device cpu or --backend torch")
+        if not openvino_available():  # before any export work
+            raise BackendUnavailableError("--backend openvino needs OpenVINO; pip install 'usjepa-fast[openvino]'")
     if suffix == ".onnx":
-        if backend not in ("auto", "onnx"):
-            raise UsfastError(
-                f"{path} is an ONNX file; use --backend onnx (or auto), or pass the checkpoint for {backend}"
-            )
-        b: Backend = OnnxBackend(path, dev, threads=threads, cache_dir=cache_dir)
+        b = _from_onnx_file(path, backend, dev, requested, calibration, threads, cache_dir)
         log.info("backend: %s (%s)", b.name, path.name)
         return b
     if suffix in (".engine", ".plan"):
@@ -386,20 +398,175 @@ def open_backend(
         return b
 
     encoder = resolve_encoder(parsed, arch=arch, pool=pool, img_size=img_size, seed=seed, mean=mean, std=std)
-    if backend == "torch":
-        b = TorchBackend(encoder, dev, precision or "fp32", compile=compile, threads=threads)
-    elif backend == "onnx":
-        b = OnnxBackend(
-            cached_onnx(encoder, precision or "fp32", exporter, cache_dir), dev, threads=threads, cache_dir=cache_dir
-        )
-    elif backend == "tensorrt":
-        b = _tensorrt_from_encoder(encoder, dev, precision or "fp16", exporter, cache_dir)
-    elif dev.type == "cuda":
-        b = _auto_cuda(encoder, dev, precision, compile, exporter, cache_dir)
-    else:
-        b = _auto_cpu(encoder, dev, threads, exporter, cache_dir, timing_batch, compile)
+    runtime = auto_runtime(dev, requested, encoder.info.width) if backend == "auto" else backend
+    b = _from_encoder(encoder, runtime, dev, requested, calibration, compile, threads, exporter, cache_dir, backend)
     log.info("backend: %s for %s", b.name, encoder.info.name)
     return b
+
+
+def auto_runtime(device: torch.device | str, precision: str = "auto", width: int | None = None) -> str:
+    """The runtime ``--backend auto`` uses for a PyTorch-loadable spec (the rule; nothing is timed):
+    int8 -> ONNX Runtime; a CUDA device with TensorRT installed -> TensorRT; a CPU where the precision
+    rule picks bf16 and OpenVINO is installed -> OpenVINO (measured on an AVX512-BF16 CPU: 3.0x the fp32
+    peer's CPU time per frame, torch bf16 autocast 1.5x; benchmarks/embed_throughput.py); else PyTorch."""
+    from usjepa_fast.embed.precision import resolve_precision
+
+    if precision == "int8":
+        return "onnx"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        from usjepa_fast.export.tensorrt import tensorrt_available
+
+        return "tensorrt" if tensorrt_available() else "torch"
+    if dev.type == "cpu" and precision in ("auto", "bf16"):
+        from usjepa_fast.embed.openvino_backend import openvino_available
+
+        if resolve_precision(precision, "torch", dev, width=width).precision == "bf16" and openvino_available():
+            return "openvino"
+    return "torch"
+
+
+def _gate(candidate: Any, reference: Any, choice: Any, auto: bool) -> Any:
+    """Wrap a non-fp32 ``candidate``; for ``auto`` also check it now, on simulated B-mode frames, and
+    fall back to ``reference`` (fp32) when it fails, so the backend's name is fixed before any work."""
+    from usjepa_fast.embed.precision import GatedBackend, PrecisionParityError, simulated_gate_batch
+
+    if choice.precision == "fp32":
+        return candidate
+    if not choice.native:
+        log.warning(
+            "precision %s on %s: this hardware only emulates it; expect it slower than fp32",
+            choice.precision,
+            candidate.name,
+        )
+    gated = GatedBackend(candidate, reference, choice.precision, reason=choice.reason)
+    if not auto:
+        return gated
+    probe = GatedBackend(candidate, reference, choice.precision)
+    try:
+        report = probe.check(simulated_gate_batch(candidate.info), where="open-time check on simulated B-mode frames")
+    except PrecisionParityError as exc:
+        log.warning("precision auto: %s; using fp32", str(exc).split(": refused")[0])
+        return reference
+    log.info(
+        "precision auto: %s picked (%s); open-time cosine %.6f", choice.precision, choice.reason, report.cosine_min
+    )
+    return gated
+
+
+def _from_encoder(
+    encoder: nn.Module,
+    runtime: str,
+    dev: torch.device,
+    requested: str,
+    calibration: Any,
+    compile: bool,
+    threads: int | None,
+    exporter: str,
+    cache_dir: str | Path | None,
+    backend_request: str,
+) -> Any:
+    from usjepa_fast.embed.precision import resolve_precision
+
+    auto = requested == "auto"
+    if runtime == "tensorrt":
+        choice = resolve_precision(requested, "tensorrt", dev)
+        try:
+            trt = _tensorrt_from_encoder(encoder, dev, choice.precision, exporter, cache_dir)
+        except Exception as exc:  # noqa: BLE001 - auto: any build problem falls back to PyTorch, saying why
+            if backend_request != "auto":
+                raise
+            log.warning("backend auto: TensorRT path failed (%s); using PyTorch", str(exc).splitlines()[0][:200])
+            return _from_encoder(encoder, "torch", dev, requested, None, compile, threads, exporter, cache_dir, "torch")
+        return _gate(trt, TorchBackend(encoder, dev, "fp32", threads=threads), choice, auto)
+    if runtime == "torch":
+        choice = resolve_precision(requested, "torch", dev, width=encoder.info.width)
+        b = TorchBackend(encoder, dev, choice.precision, compile=compile, threads=threads)
+        return _gate(b, b.fp32_reference(), choice, auto)
+    if runtime == "openvino":
+        from usjepa_fast.embed.openvino_backend import OpenVinoBackend
+
+        choice = resolve_precision(requested, "openvino", dev, width=encoder.info.width)
+        onnx_path = cached_onnx(encoder, "fp32", exporter, cache_dir)
+        b = OpenVinoBackend(onnx_path, choice.precision, threads=threads)
+        return _gate(b, TorchBackend(encoder, dev, "fp32", threads=threads), choice, auto)
+    # onnx
+    choice = resolve_precision(requested, "onnx", dev, width=encoder.info.width)
+    if choice.precision == "int8":
+        fp32_path = cached_onnx(encoder, "fp32", exporter, cache_dir)
+        return _int8_backend(fp32_path, calibration, dev, threads, cache_dir)
+    b = OnnxBackend(
+        cached_onnx(encoder, choice.precision, exporter, cache_dir), dev, threads=threads, cache_dir=cache_dir
+    )
+    return _gate(b, TorchBackend(encoder, dev, "fp32", threads=threads), choice, auto)
+
+
+def _from_onnx_file(
+    path: Path,
+    backend: str,
+    dev: torch.device,
+    requested: str,
+    calibration: Any,
+    threads: int | None,
+    cache_dir: str | Path | None,
+) -> Any:
+    """An ``.onnx`` export: ORT in the file's precision, OpenVINO over an fp32 file, or int8 from it."""
+    from usjepa_fast.embed.precision import resolve_precision
+    from usjepa_fast.export.onnx_export import read_export_sidecar, sidecar_path_for
+
+    if backend not in ("auto", "onnx", "openvino"):
+        raise UsfastError(f"{path} is an ONNX file; use --backend onnx, openvino (or auto), or pass the checkpoint")
+    info, export = read_export_sidecar(sidecar_path_for(path)) if path.is_file() else (None, {})
+    file_precision = str(export.get("precision", "fp32"))
+    if backend == "openvino":
+        from usjepa_fast.embed.openvino_backend import OpenVinoBackend
+
+        choice = resolve_precision(requested, "openvino", dev, width=info.width if info is not None else None)
+        b = OpenVinoBackend(path, choice.precision, threads=threads)
+        return _gate(b, OnnxBackend(path, dev, threads=threads, fuse=False), choice, requested == "auto")
+    if requested == "int8" and file_precision == "fp32":
+        return _int8_backend(path, calibration, dev, threads, cache_dir)
+    if requested not in ("auto", file_precision):
+        raise UsfastError(
+            f"{path.name} is a {file_precision} export; re-export it with --precision {requested} "
+            "(or pass --precision auto to run it as it is)"
+        )
+    # the export parity gate ran when the file was written (recorded in its sidecar)
+    return OnnxBackend(path, dev, threads=threads, cache_dir=cache_dir)
+
+
+def _int8_backend(
+    fp32_path: Path, calibration: Any, dev: torch.device, threads: int | None, cache_dir: str | Path | None
+) -> Any:
+    """int8 graph of ``fp32_path`` calibrated on ``calibration`` (cached by graph + frames), gated
+    against the fp32 graph on the first batch."""
+    from usjepa_fast.embed.precision import resolve_precision
+    from usjepa_fast.embed.store import file_sha256
+    from usjepa_fast.export.onnx_export import read_export_sidecar, sidecar_path_for
+    from usjepa_fast.export.quantize import calibration_key, quantize_onnx
+
+    if dev.type != "cpu":
+        raise UsfastError("--precision int8 is a CPU path (ONNX Runtime on VNNI/AMX); use --device cpu")
+    choice = resolve_precision("int8", "onnx", dev)
+    info, _ = read_export_sidecar(sidecar_path_for(fp32_path))
+    if isinstance(calibration, (str, Path)):
+        from usjepa_fast.embed.calibration import calibration_pixels
+
+        calibration = calibration_pixels(calibration, info)
+    key = hashlib.sha256(f"{file_sha256(fp32_path)}|{calibration_key(calibration)}|static".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / "onnx" / f"{fp32_path.stem}-int8-{key}.onnx"
+    if not (target.is_file() and sidecar_path_for(target).is_file()):
+        log.info(
+            "int8: quantizing %s once with %d calibration frames (cached at %s)",
+            fp32_path.name,
+            len(calibration),
+            target,
+        )
+        quantize_onnx(fp32_path, target, calibration)
+    b = OnnxBackend(target, dev, threads=threads, cache_dir=cache_dir)
+    ref = OnnxBackend(fp32_path, dev, threads=threads, cache_dir=cache_dir)
+    return _gate(b, ref, choice, auto=False)
 
 
 def _tensorrt_from_encoder(
@@ -412,48 +579,3 @@ def _tensorrt_from_encoder(
     if not engine.is_file():
         build_engine(onnx_path, engine)
     return TensorRTBackend(engine, dev)
-
-
-def _auto_cuda(
-    encoder: nn.Module,
-    dev: torch.device,
-    precision: str | None,
-    compile: bool,
-    exporter: str,
-    cache_dir: str | Path | None,
-) -> Backend:
-    from usjepa_fast.export.tensorrt import tensorrt_available
-
-    if tensorrt_available():
-        try:
-            return _tensorrt_from_encoder(encoder, dev, "fp16", exporter, cache_dir)
-        except Exception as exc:  # noqa: BLE001 - any build problem: fall back to PyTorch, say why
-            log.warning("backend auto: TensorRT path failed (%s); using PyTorch", str(exc).splitlines()[0][:200])
-    # bf16 autocast keeps fp32's range (no overflow in attention logits) at fp16 speed on Ampere+
-    return TorchBackend(encoder, dev, precision or "bf16", compile=compile)
-
-
-def _auto_cpu(
-    encoder: nn.Module,
-    dev: torch.device,
-    threads: int | None,
-    exporter: str,
-    cache_dir: str | Path | None,
-    timing_batch: int,
-    compile: bool,
-) -> Backend:
-    candidates: list[Backend] = [TorchBackend(encoder, dev, "fp32", compile=compile, threads=threads)]
-    try:
-        onnx_path = cached_onnx(encoder, "fp32", exporter, cache_dir)
-        candidates.append(OnnxBackend(onnx_path, dev, threads=threads, cache_dir=cache_dir))
-    except UsfastError as exc:
-        log.warning("backend auto: ONNX Runtime path unavailable (%s); using PyTorch", exc)
-        return candidates[0]
-    s = encoder.info.input_size
-    x = torch.randn(timing_batch, encoder.info.in_chans, s, s, generator=torch.Generator().manual_seed(0))
-    timings = [(_time_backend(c, x), c) for c in candidates]
-    best = min(timings, key=lambda tc: tc[0])[1]
-    log.info(
-        "backend auto: %s", ", ".join(f"{c.name} {timing_batch / t:.1f} img/s" for t, c in timings) + f" -> {best.name}"
-    )
-    return best

@@ -67,7 +67,8 @@ class TeacherConfig:
     # entry, else timm's default for arch): set it for a raw checkpoint trained with other statistics
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    bf16: bool = True  # run the frozen teacher in bf16 autocast (targets are layer-normed anyway)
+    bf16: bool | None = None  # frozen teacher in bf16 autocast (targets are layer-normed anyway); None =
+    #   follow run.precision
     # EMA mode: momentum ramps linearly (I-JEPA); the target encoder runs under run.precision, as the student
     ema_momentum: tuple[float, float] = (0.996, 1.0)
 
@@ -106,7 +107,10 @@ class RunConfig:
     out_dir: str = "runs/salt"  # run directory: config.yaml, metrics.jsonl, checkpoints/, student.*
     seed: int = 0  # model init, data order, masks and augmentation all derive from it
     device: str = "auto"  # auto = cuda:LOCAL_RANK when available, else cpu
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast of student, predictor (and teacher,
+    #   see teacher.bf16); auto = bf16 where it speeds up a training step (Ampere+ GPUs, CPUs with AMX-BF16;
+    #   usjepa_fast.hardware.bf16_training_pays), fp32 elsewhere. fp16 needs loss scaling and int8 is
+    #   inference-only, so neither trains here
     compile: bool = True  # torch.compile the student+predictor step (off for tiny CPU runs)
     kernels: Literal["auto", "triton", "torch"] = "auto"  # attention / loss kernel backend
     log_every: int = 10  # metrics.jsonl / progress-bar cadence in optimizer steps

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from usjepa_fast.config import save_config, to_dict
 from usjepa_fast.data.sampler import CorpusSampler
 from usjepa_fast.errors import ConfigError, UsfastError
+from usjepa_fast.hardware import bf16_training_pays
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
 from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
 from usjepa_fast.models.pixel import patchify_gray, pixel_target_dim
@@ -163,8 +164,10 @@ class Trainer:
             torch.set_num_threads(cfg.run.num_threads)
         self.run_dir = Path(cfg.run.out_dir)
         self._validate_config()
-        self.use_bf16 = cfg.run.precision == "bf16" or (
-            cfg.run.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        pays, why = bf16_training_pays(self.device)
+        self.use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and pays)
+        log.info(
+            "precision: %s (run.precision=%s; %s)", "bf16 autocast" if self.use_bf16 else "fp32", cfg.run.precision, why
         )
         self.grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
         self.collator = MultiBlockMaskCollator(cfg.mask, self.grid, seed=cfg.run.seed)
@@ -254,8 +257,9 @@ class Trainer:
         kind = cfg.objective.kind
         if kind == "salt":
             t = cfg.teacher
+            teacher_bf16 = self.use_bf16 if t.bf16 is None else t.bf16
             teacher = frozen_teacher(
-                t.spec, t.arch, self.grid, bf16=t.bf16, mean=t.mean, std=t.std, student_patch=m.patch_size
+                t.spec, t.arch, self.grid, bf16=teacher_bf16, mean=t.mean, std=t.std, student_patch=m.patch_size
             )
             teacher.set_input_normalisation(cfg.data.mean, cfg.data.std)
             out_dim = teacher.width
