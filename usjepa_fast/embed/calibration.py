@@ -51,13 +51,13 @@ def calibration_pixels(
         if n >= frames:
             break
         try:
-            img = read_image(src)
+            img, mask = read_image(src, scan_region)
         except DataError as exc:
             log.warning("calibration: skipped %s (%s)", src.rel, exc)
             continue
         if img.dtype != np.uint8:
             img = (img.astype(np.float32) / max(1.0, float(img.max())) * 255.0).astype(np.uint8)
-        add([img], source_mask(src, img) if scan_region else None)
+        add([img], mask)
     decoder = PyAVDecoder(threads=1)
     for src in videos:
         if n >= frames:
