@@ -121,6 +121,7 @@ def test_reports_show_split_sizes_balanced_accuracy_per_class_f1_and_class_weigh
     assert result.class_weight == "balanced" and result.hparams["class_weight"] == "balanced"
     md = report.markdown
     assert "sweep preset, class-weight balanced" in md  # the weighting is named in the table title
+    assert "deterministic" in md  # and the sweep's ± is not passed off as a spread over seeds
     details = report.files["details.md"].read_text()
     n_tr, n_va, n_te = sizes["train"], sizes["validation"], sizes["test"]
     assert f"| enc | {task} | {n_tr} / {n_va} / {n_te} |" in details

@@ -120,10 +120,6 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _pct(values: Sequence[float]) -> str:
-    return "/".join(f"{v * 100:.1f}" for v in values)
-
-
 def details_table(results: Sequence[TaskResult]) -> tuple[str, str]:
     """Per (model, task): split sizes, macro F1, balanced accuracy, accuracy, per-class F1 with test support.
 
@@ -226,7 +222,12 @@ def write_report(
             if any(u in row for u in upper)
         }
     md, table_csv = format_table(cells, tasks, reference=reference)
-    sections = [f"## Linear probe ({cfg.describe()}, macro F1 %, mean ± std over {len(cfg.seeds)} seeds)\n", md]
+    spread = (
+        "deterministic: one head for every seed, so ± is 0"
+        if cfg.preset == "sweep"
+        else f"mean ± std over {len(cfg.seeds)} seeds"
+    )
+    sections = [f"## Linear probe ({cfg.describe()}, macro F1 %, {spread})\n", md]
     report.files["linear_probe.md"] = _write(out / "linear_probe.md", md)
     report.files["linear_probe.csv"] = _write(out / "linear_probe.csv", table_csv)
     md_det, det_csv = details_table(results)
