@@ -50,6 +50,17 @@ def _bold_best(cells: dict[str, dict[str, MeanStd]], columns: Sequence[str]) -> 
     return best
 
 
+def _bold_cells(
+    row: str, per: dict[str, MeanStd], columns: Sequence[str], best: dict[tuple[str, str], bool]
+) -> list[str]:
+    """One row's formatted cells (``'n/a'`` when missing), the column's best in bold."""
+    out = []
+    for col in columns:
+        text = per[col].fmt() if col in per else "n/a"
+        out.append(f"**{text}**" if best[(row, col)] else text)
+    return out
+
+
 def format_table(
     cells: dict[str, dict[str, MeanStd]],
     columns: Sequence[str],
@@ -64,11 +75,7 @@ def format_table(
     best = _bold_best(cells, columns)
     md = [f"| {row_header} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row, per in cells.items():
-        out = []
-        for col in columns:
-            text = per[col].fmt() if col in per else "n/a"
-            out.append(f"**{text}**" if best[(row, col)] else text)
-        md.append(f"| {row} | " + " | ".join(out) + " |")
+        md.append(f"| {row} | " + " | ".join(_bold_cells(row, per, columns, best)) + " |")
     if reference:
         md.append("| *paper* |" + " |" * len(columns))
         for row, per in reference.items():
@@ -320,10 +327,7 @@ def _robustness_markdown(
         cols = [f"{c} s{s}" for s in severities]
         best = _bold_best(tab, cols)
         for model, per in tab.items():
-            cells = []
-            for col in cols:
-                text = per[col].fmt() if col in per else "n/a"
-                cells.append(f"**{text}**" if best[(model, col)] else text)
+            cells = _bold_cells(model, per, cols, best)
             lines.append(f"| {model} | {c} | {per['clean'].fmt()} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
