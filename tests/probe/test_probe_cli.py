@@ -103,3 +103,40 @@ def test_random_init_baseline_of_the_same_architecture(student) -> None:
     assert rand(x).shape == trained(x).shape and not torch.allclose(rand(x), trained(x))
     again = open_encoder(f"random:{student}", device="cpu")
     torch.testing.assert_close(again(x), rand(x))  # seeded: the same baseline every run
+
+
+def test_probe_robustness_compare_share_the_default_cache_and_take_class_weight(
+    ultrabench, student, tmp_path, monkeypatch
+) -> None:
+    """No --cache: all three commands use the one user-level cache ($USFAST_CACHE/features), so clean
+    features computed by `probe` are reused by `robustness` and `compare`; --class-weight is reported."""
+    cache_root = tmp_path / "user-cache"
+    monkeypatch.setenv("USFAST_CACHE", str(cache_root))
+    res = _invoke(
+        "probe", str(ultrabench), "-e", str(student), "--preset", "sweep", "--seeds", "0",
+        "--class-weight", "balanced", "--out", str(tmp_path / "p"), "--device", "cpu",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "class-weight balanced" in res.output and "balanced accuracy" in res.output
+    assert "images train" in res.output and "validation" in res.output
+    clean = sorted(cache_root.rglob("*.npz"))
+    assert len(clean) == 3
+    mtimes = [p.stat().st_mtime_ns for p in clean]
+    res = _invoke(
+        "robustness", str(ultrabench), "-e", str(student), "--corruptions", "haze", "--severities", "1",
+        "--preset", "sweep", "--seeds", "0", "--class-weight", "balanced", "--out", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "class-weight balanced" in res.output
+    res = _invoke("compare", "-e", str(student), "-d", str(ultrabench), "--preset", "sweep", "--seeds", "0",
+                  "--out", str(tmp_path / "c"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(list(cache_root.rglob("*.npz"))) == 4  # 3 clean splits (shared) + 1 corrupted test set
+    assert [p.stat().st_mtime_ns for p in clean] == mtimes  # reused, not rewritten
+
+
+def test_bad_class_weight_is_a_one_line_error(ultrabench, student) -> None:
+    from usjepa_fast.errors import UsfastError
+
+    with pytest.raises(UsfastError, match="--class-weight"):
+        _invoke("probe", str(ultrabench), "-e", str(student), "--class-weight", "inverse")

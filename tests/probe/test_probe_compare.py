@@ -10,9 +10,10 @@ import pytest
 from support.probe import tiny_encoder
 
 from usjepa_fast.errors import UsfastError
-from usjepa_fast.probe.compare import EvalConfig, compare, format_table, probe_report, read_reference_table
+from usjepa_fast.probe.compare import EvalConfig, compare, probe_report
 from usjepa_fast.probe.features import open_split
 from usjepa_fast.probe.metrics import MeanStd
+from usjepa_fast.probe.report import format_table, read_reference_table
 
 CELL = re.compile(r"^\d+\.\d±\d+\.\d$")  # the paper CSV's cell format, e.g. 69.6±1.5
 
@@ -106,3 +107,40 @@ def test_compare_rejects_bad_arguments(ultrabench, tmp_path) -> None:
         compare([], [ultrabench], tmp_path)
     with pytest.raises(UsfastError):
         compare([tiny_encoder()], [ultrabench], tmp_path, names=["a", "b"])
+
+
+def test_reports_show_split_sizes_balanced_accuracy_per_class_f1_and_class_weighting(ultrabench, tmp_path) -> None:
+    enc = tiny_encoder(seed=0)
+    cfg = EvalConfig(preset="sweep", seeds=(0, 1), device="cpu", class_weight="balanced")
+    report = compare([enc], [ultrabench], tmp_path / "out", cfg, names=["enc"])
+    task = report.tasks[0]
+    result = report.cell("enc", task)
+    sizes = {s: len(open_split(ultrabench, s, enc.info)) for s in ("train", "validation", "test")}
+    assert result.sizes == sizes
+    assert [sum(v) for v in result.class_counts.values()] == [sizes[s] for s in result.class_counts]
+    assert result.class_weight == "balanced" and result.hparams["class_weight"] == "balanced"
+    md = report.markdown
+    assert "sweep preset, class-weight balanced" in md  # the weighting is named in the table title
+    assert "deterministic" in md  # and the sweep's ± is not passed off as a spread over seeds
+    details = report.files["details.md"].read_text()
+    n_tr, n_va, n_te = sizes["train"], sizes["validation"], sizes["test"]
+    assert f"| enc | {task} | {n_tr} / {n_va} / {n_te} |" in details
+    assert "balanced acc." in details and "(n=" in details
+    # the synthetic task's validation split has a handful of images per class: the report says so
+    assert f"validation split has {n_va} images" in details
+    with open(report.files["details.csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["class"] for r in rows] == result.classes
+    assert {r["n_validation"] for r in rows} == {str(n_va)} and {r["class_weight"] for r in rows} == {"balanced"}
+    bacc = result.test.summary("balanced_accuracy").mean
+    assert float(rows[0]["balanced_accuracy_mean"]) == pytest.approx(bacc, abs=1e-4)
+    per_class = result.test.to_dict()["per_class_f1_mean"]
+    assert [float(r["class_f1_mean"]) for r in rows] == pytest.approx(per_class, abs=1e-4)
+    saved = json.loads(report.files["results.json"].read_text())
+    assert saved["config"]["class_weight"] == "balanced"
+    assert saved["results"][0]["sizes"] == sizes and saved["results"][0]["class_weight"] == "balanced"
+
+
+def test_class_weight_is_checked_up_front() -> None:
+    with pytest.raises(UsfastError, match="class weight"):
+        EvalConfig(class_weight="inverse")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
+from usjepa_fast.cli.probe import CACHE_HELP, CLASS_WEIGHT_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +23,7 @@ def register(app: typer.Typer) -> None:
         dataset: list[Path] = typer.Option(None, "--dataset", "-d", help="UltraBench directory (repeatable)."),
         name: list[str] = typer.Option(None, "--name", help="Row name per --encoder (repeatable)."),
         preset: str = typer.Option("paper", "--preset", help="paper or sweep."),
+        class_weight: str = typer.Option("none", "--class-weight", help=CLASS_WEIGHT_HELP),
         seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated probe seeds."),
         fewshot: str = typer.Option(None, "--fewshot", help="Label budgets in percent, e.g. 1,5,10,50,100."),
         robustness: bool = typer.Option(False, "--robustness", help="Also corrupt test images (all corruptions)."),
@@ -30,7 +32,7 @@ def register(app: typer.Typer) -> None:
             None, "--reference", help="Paper results CSV (model,TASK,...) appended to the markdown for context."
         ),
         out: Path = typer.Option(Path("compare_out"), "--out", "-o", help="Output directory."),
-        cache: Path = typer.Option(None, "--cache", help="Feature cache directory (default: OUT/features)."),
+        cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         arch: str = typer.Option(None, "--arch", help="timm architecture of foreign/teacher checkpoints."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
@@ -45,7 +47,7 @@ def register(app: typer.Typer) -> None:
         if list_zoo:
             typer.echo(zoo_table())
             return
-        from usjepa_fast.cli.probe import _seeds
+        from usjepa_fast.cli.probe import _class_weight, _seeds
         from usjepa_fast.probe.compare import EvalConfig, compare
         from usjepa_fast.probe.corruptions import parse_corruptions
         from usjepa_fast.probe.fewshot import parse_fractions
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
             corruptions=names,
             batch_size=batch_size,
             device=device,
+            class_weight=_class_weight(class_weight),
         )
         report = compare(
             encoder,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
+from usjepa_fast.cli.probe import CACHE_HELP, CLASS_WEIGHT_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -26,10 +27,11 @@ def register(app: typer.Typer) -> None:
         ),
         severities: str = typer.Option("1,2,3", "--severities", help="Comma-separated severities (1-3)."),
         preset: str = typer.Option("paper", "--preset", help="paper or sweep (probe trained on clean features)."),
+        class_weight: str = typer.Option("none", "--class-weight", help=CLASS_WEIGHT_HELP),
         seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma-separated probe seeds."),
         corruption_seed: int = typer.Option(0, "--corruption-seed", help="Noise draw of the random corruptions."),
         out: Path = typer.Option(Path("robustness_out"), "--out", "-o", help="Output directory."),
-        cache: Path = typer.Option(None, "--cache", help="Feature cache directory (default: OUT/features)."),
+        cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
@@ -37,7 +39,7 @@ def register(app: typer.Typer) -> None:
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Train probes on clean features, score them on corrupted test images; tables, curves, examples."""
-        from usjepa_fast.cli.probe import _seeds
+        from usjepa_fast.cli.probe import _class_weight, _seeds
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.probe.compare import EvalConfig, compare
         from usjepa_fast.probe.corruptions import parse_corruptions
@@ -58,6 +60,7 @@ def register(app: typer.Typer) -> None:
             corruption_seed=corruption_seed,
             batch_size=batch_size,
             device=device,
+            class_weight=_class_weight(class_weight),
         )
         report = compare(encoder, [dataset], out, cfg, names=name or None, cache_dir=cache, arch=arch, pool=pool)
         typer.echo(report.markdown)
