@@ -13,4 +13,4 @@ def ultrabench(synth_root):
 @pytest.fixture(autouse=True)
 def _private_feature_cache(tmp_path_factory, monkeypatch):
     """probe / robustness / compare default to the user-level feature cache: keep tests out of ~/.cache."""
-    monkeypatch.setenv("USFAST_CACHE", str(tmp_path_factory.getbasetemp() / "usfast-cache"))
+    monkeypatch.setenv("USFAST_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "usfast-cache"))

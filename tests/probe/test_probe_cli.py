@@ -108,10 +108,10 @@ def test_random_init_baseline_of_the_same_architecture(student) -> None:
 def test_probe_robustness_compare_share_the_default_cache_and_take_class_weight(
     ultrabench, student, tmp_path, monkeypatch
 ) -> None:
-    """No --cache: all three commands use the one user-level cache ($USFAST_CACHE/features), so clean
+    """No --cache: all three commands use the one user-level cache ($USFAST_CACHE_DIR/features), so clean
     features computed by `probe` are reused by `robustness` and `compare`; --class-weight is reported."""
     cache_root = tmp_path / "user-cache"
-    monkeypatch.setenv("USFAST_CACHE", str(cache_root))
+    monkeypatch.setenv("USFAST_CACHE_DIR", str(cache_root))
     res = _invoke(
         "probe", str(ultrabench), "-e", str(student), "--preset", "sweep", "--seeds", "0",
         "--class-weight", "balanced", "--out", str(tmp_path / "p"), "--device", "cpu",

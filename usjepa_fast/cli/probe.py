@@ -36,7 +36,7 @@ CLASS_WEIGHT_HELP = (
     "(scikit-learn's class_weight='balanced'), for either preset; shown in every table title."
 )
 CACHE_HELP = (
-    "Feature cache (default: $USFAST_CACHE/features or ~/.cache/usfast/features, shared by probe, "
+    "Feature cache (default: $USFAST_CACHE_DIR/features or ~/.cache/usfast/features, shared by probe, "
     "robustness and compare: features are keyed by the encoder's weights and the dataset's files, so "
     "a second command over the same encoder and dataset reuses them instead of re-embedding)."
 )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from usjepa_fast.data.cache import cache_root
 from usjepa_fast.errors import BackendUnavailableError, UsfastError
 from usjepa_fast.fileio import replace_file, temp_name
 
@@ -233,7 +234,7 @@ def fused_cpu_graph(onnx_path: Path, info: Any, cache_dir: str | Path | None = N
 
     from usjepa_fast.embed.store import file_sha256
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     target = root / "onnx" / f"{onnx_path.stem}-{file_sha256(onnx_path)[:16]}.ortcpu.onnx"
     if target.is_file():
         return target
@@ -301,10 +302,6 @@ class TensorRTBackend:
 # resolution
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("USFAST_CACHE_DIR", Path.home() / ".cache" / "usfast"))
-
-
 def _export_key(info: Any, precision: str, exporter: str) -> str:
     blob = json.dumps(
         [info.source_hash, info.timm_name, info.timm_kwargs, info.pool, precision, exporter, torch.__version__],
@@ -320,7 +317,7 @@ def cached_onnx(
     """The encoder exported to ONNX (parity-checked), reusing an earlier export of the same weights."""
     from usjepa_fast.export.onnx_export import export_onnx, sidecar_path_for
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     path = (
         root / "onnx" / f"{encoder.info.name.replace('/', '_')}-{_export_key(encoder.info, precision, exporter)}.onnx"
     )
@@ -554,7 +551,7 @@ def _int8_backend(
 
         calibration = calibration_pixels(calibration, info)
     key = hashlib.sha256(f"{file_sha256(fp32_path)}|{calibration_key(calibration)}|static".encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     target = root / "onnx" / f"{fp32_path.stem}-int8-{key}.onnx"
     if not (target.is_file() and sidecar_path_for(target).is_file()):
         log.info(

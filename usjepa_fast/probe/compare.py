@@ -7,7 +7,7 @@
 the demo (one dataset, a few encoder specs, probe + robustness, report printed and saved).
 
 Features are cached in ``cache_dir``; the default is the user-level cache shared with ``usfast
-probe`` and ``usfast robustness`` (``$USFAST_CACHE/features`` or ``~/.cache/usfast/features``): the
+probe`` and ``usfast robustness`` (``$USFAST_CACHE_DIR/features`` or ``~/.cache/usfast/features``): the
 cache key covers the encoder's weights and the dataset's files, so every command over the same
 encoder and dataset reuses one set of features.
 """

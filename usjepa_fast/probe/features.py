@@ -1,6 +1,6 @@
 """Features for probing: computed once per (encoder, dataset split[, corruption]) and cached on disk.
 
-Cache layout (``cache_dir`` defaults to ``$USFAST_CACHE/features`` or ``~/.cache/usfast/features``)::
+Cache layout (``cache_dir`` defaults to ``$USFAST_CACHE_DIR/features`` or ``~/.cache/usfast/features``)::
 
     <cache_dir>/<encoder key>/<dataset key>-<split>[-<corruption>-s<severity>-r<seed>].npz
         X (N, D) float32, y (N,) int64, paths (N,) str, meta (json string)
@@ -48,8 +48,10 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("USFAST_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "usfast") / "features"
+    """``<cache root>/features`` (the cache root is ``data.cache.cache_root``: ``$USFAST_CACHE_DIR``)."""
+    from usjepa_fast.data.cache import cache_root
+
+    return cache_root() / "features"
 
 
 # ----------------------------------------------------------------------------------------------
