@@ -7,15 +7,15 @@ frozen-encoder loading shared with export/embed/probe.
 from usjepa_fast.models.predictor import Predictor
 from usjepa_fast.models.registry import ModelConfig, create, get_config, list_models
 from usjepa_fast.models.teacher import Teacher, ema_teacher, frozen_teacher
-from usjepa_fast.models.vit import KernelAttention, VisionTransformer, apply_masks
+from usjepa_fast.models.vit import KernelAttention, KernelBlock, VisionTransformer
 
 __all__ = [
     "KernelAttention",
+    "KernelBlock",
     "ModelConfig",
     "Predictor",
     "Teacher",
     "VisionTransformer",
-    "apply_masks",
     "create",
     "ema_teacher",
     "frozen_teacher",
