@@ -246,3 +246,22 @@ def test_packed_drop_path_drops_whole_sequences() -> None:
     values = [set(y[a:b].flatten().tolist()) for a, b in ((0, 5), (5, 8), (8, 16))]
     assert all(len(v) == 1 for v in values), "a sequence is dropped or kept as a whole"
     assert set().union(*values) <= {0.0, 1.0 / (1.0 - blk.drop_path1.drop_prob)}
+
+
+def test_plans_built_on_the_host_travel_with_the_masks() -> None:
+    """The trainer's mask thread builds layouts and predictor plans; .to(device) moves, not rebuilds, them."""
+    import numpy as np
+
+    from usjepa_fast.masking import MaskConfig, MultiBlockMaskCollator
+
+    masks = MultiBlockMaskCollator(MaskConfig(num_target_blocks=2, min_keep=2), (4, 4)).sample(
+        3, None, np.random.default_rng(0)
+    )
+    p = Predictor(grid=(4, 4), in_dim=8, out_dim=8, embed_dim=16, depth=1, num_heads=2)
+    plan = p.plan(masks.context, masks.target)
+    assert p.plan(masks.context, masks.target) is plan  # memoised
+    masks.context.layout(per_sample=True)
+    moved = masks.to("meta")
+    moved_plan = p.plan(moved.context, moved.target)
+    assert moved_plan is not plan and moved_plan.gather.device.type == "meta"
+    assert moved.context.layout(per_sample=True).cu_seqlens.device.type == "meta"

@@ -64,22 +64,25 @@ class VarlenLayout:
         )
         return layout.to(device) if device is not None else layout
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> VarlenLayout:
-        if self.lens.device == torch.device(device):
-            return self
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
+    def _map(self, fn) -> VarlenLayout:
         return VarlenLayout(
-            lens=move(self.lens),
-            cu_seqlens=move(self.cu_seqlens),
-            seq_id=move(self.seq_id),
-            pad_index=move(self.pad_index),
+            lens=fn(self.lens),
+            cu_seqlens=fn(self.cu_seqlens),
+            seq_id=fn(self.seq_id),
+            pad_index=fn(self.pad_index),
             max_len=self.max_len,
             total=self.total,
             uniform=self.uniform,
         )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VarlenLayout:
+        if self.lens.device == torch.device(device):
+            return self
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> VarlenLayout:
+        """Page-locked host copies, so that ``.to("cuda", non_blocking=True)`` does not block."""
+        return self._map(lambda t: t.pin_memory())
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Packed ``(T, ...)`` -> zero-padded ``(S, max_len, ...)`` (pads get no gradient back)."""

@@ -26,6 +26,7 @@ class RaggedIndex:
 
     idx: torch.Tensor  # (T,) int64 patch indices in [0, N), packed sequence after sequence
     lens: torch.Tensor  # (B, J) int64 on the CPU: the length of each sequence
+    # Plans built from this index (values have .to(device) and .pin_memory(): tensors, layouts, plans).
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,12 +83,18 @@ class RaggedIndex:
 
     # -- conversions ----------------------------------------------------------------------------
     def to(self, device: torch.device | str, non_blocking: bool = False) -> RaggedIndex:
+        """Move the indices and every plan built so far (layouts, flat indices, predictor plans)."""
         if self.idx.device == torch.device(device):
             return self
-        return RaggedIndex(self.idx.to(device, non_blocking=non_blocking), self.lens)
+        moved = RaggedIndex(self.idx.to(device, non_blocking=non_blocking), self.lens)
+        moved._cache.update({k: v.to(device, non_blocking=non_blocking) for k, v in self._cache.items()})
+        return moved
 
     def pin_memory(self) -> RaggedIndex:
-        return RaggedIndex(self.idx.pin_memory(), self.lens)
+        """Page-locked copies of the indices and plans (for an async host-to-device copy)."""
+        pinned = RaggedIndex(self.idx.pin_memory(), self.lens)
+        pinned._cache.update({k: v.pin_memory() for k, v in self._cache.items()})
+        return pinned
 
     @classmethod
     def from_dense(cls, idx: torch.Tensor, seqs_per_sample: int = 1) -> RaggedIndex:

@@ -40,6 +40,20 @@ class PredictorPlan:
     gather: torch.Tensor  # (Tp,) rows of cat([context (Tc), mask tokens (Tt)]) in sequence order
     out_rows: torch.Tensor  # (Tt,) rows of the mask tokens in the packed sequences, in target order
     layout: VarlenLayout  # the predictor sequences (per (sample, block) or per sample)
+    context_lens: torch.Tensor  # (B, 1) host lengths of the context it was built for (cache check)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PredictorPlan:
+        return PredictorPlan(
+            self.gather.to(device, non_blocking=non_blocking),
+            self.out_rows.to(device, non_blocking=non_blocking),
+            self.layout.to(device, non_blocking=non_blocking),
+            self.context_lens,
+        )
+
+    def pin_memory(self) -> PredictorPlan:
+        return PredictorPlan(
+            self.gather.pin_memory(), self.out_rows.pin_memory(), self.layout.pin_memory(), self.context_lens
+        )
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +81,7 @@ def build_plan(context: RaggedIndex, target: RaggedIndex, per_block: bool) -> Pr
     gather = torch.where(in_context, a_start[seq] + pos, b_start[seq] + pos - a_len[seq])
     out_rows = torch.nonzero(~in_context).squeeze(1)  # sequence order == target order (both sample-major)
     device = target.device
-    return PredictorPlan(gather.to(device), out_rows.to(device), VarlenLayout.from_lens(seq_len, device))
+    return PredictorPlan(gather.to(device), out_rows.to(device), VarlenLayout.from_lens(seq_len, device), context.lens)
 
 
 class Predictor(nn.Module):
@@ -131,10 +145,10 @@ class Predictor(nn.Module):
         in its mask thread, off the critical path)."""
         key = ("predictor_plan", self.per_block)
         cached = target_idx._cache.get(key)
-        if cached is not None and cached[0] is context_idx.lens:
-            return cached[1]
+        if cached is not None and cached.context_lens is context_idx.lens:  # built for this very context
+            return cached
         plan = build_plan(context_idx, target_idx, self.per_block)
-        target_idx._cache[key] = (context_idx.lens, plan)
+        target_idx._cache[key] = plan
         return plan
 
     def forward(
