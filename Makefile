@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# DALI is installed for tests too: its CPU pipeline runs without a GPU and is exercised by the suite.
-EXTRAS ?= dev,dali
+# DALI is installed for tests too: its CPU pipeline runs without a GPU and is exercised by the suite;
+# dicom (pydicom + JPEG plugins) so that DICOM folders work in the demo and its tests run.
+EXTRAS ?= dev,dali,dicom
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean

@@ -144,7 +144,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from usjepa_fast.embed import open_backend
     from usjepa_fast.embed.backends import available_cpus
-    from usjepa_fast.models.frozen import load_frozen_encoder
+    from usjepa_fast.models.resolve import resolve_encoder
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="usfast_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def main() -> None:
     )
     print(f"# model {args.model} (random init), {len(files)} clips x {args.frames} frames at {args.size}px")
 
-    encoder = load_frozen_encoder(args.model)
+    encoder = resolve_encoder(args.model)
     backends = {"torch": open_backend(args.model, "torch", "cpu")}
     t0 = time.perf_counter()
     backends["onnx"] = open_backend(args.model, "onnx", "cpu", cache_dir=work / "cache")

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without install
 
+from _machine import machine_header  # noqa: E402  (benchmarks/_machine.py)
+
 from usjepa_fast.data.scan_region import patch_validity  # noqa: E402
 from usjepa_fast.data.synth import Geometry  # noqa: E402
 from usjepa_fast.kernels import VarlenLayout, varlen_attention_reference  # noqa: E402
@@ -340,31 +342,25 @@ def salt_steps(
             float(tr.train_step()["loss"])  # the host sync a log interval would do
             if i >= warmup:
                 times[mode].append(time.perf_counter() - t)
+    # Block sizes are drawn per batch, so token counts swing from step to step: the figures are
+    # sums over the same timed steps (the same draws for both modes), not medians of one and means
+    # of the other.
     out = {}
     for mode, tr in trainers.items():
         tr.close()
         out[mode] = dict(
-            step_s=float(np.median(times[mode])), context_tokens=float(np.mean(tr.context_tokens[warmup:]))
+            step_s=float(np.mean(times[mode])),
+            step_s_median=float(np.median(times[mode])),
+            context_tokens=float(np.mean(tr.context_tokens[warmup:])),
         )
     r, t = out["none"], out["truncate"]
     out["ragged_step_time_ratio"] = r["step_s"] / t["step_s"]
     out["real_token_ratio"] = r["context_tokens"] / t["context_tokens"]
-    out["time_per_real_token_ratio"] = (r["step_s"] / r["context_tokens"]) / (t["step_s"] / t["context_tokens"])
+    out["time_per_real_token_ratio"] = out["ragged_step_time_ratio"] / out["real_token_ratio"]
     return out
 
 
 # -- report -----------------------------------------------------------------------------------------
-def _machine() -> tuple[str, str]:
-    try:
-        flags = next(line for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                     if line.startswith("Flags"))  # fmt: skip
-    except (OSError, StopIteration):
-        flags = "Flags: (lscpu unavailable)"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    have = [f for f in wanted if f in flags.split()]
-    return flags, "cpu features: " + ", ".join(have) + (" (no AMX)" if "amx_tile" not in have else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256, help="masks: samples per batch (paper: 256)")
@@ -379,7 +375,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    header = machine_header()  # CPU flags and the load average at the start
     t0 = time.perf_counter()
 
     pool = fan_pool(args.pool)
@@ -403,15 +399,13 @@ def main() -> None:
             key = f"{name}_B{args.step_batch}" if draw_batch is None else f"{name}_B{args.step_batch}_of_{draw_batch}"
             steps[key] = salt_steps(name, pool, args.step_batch, args.steps, args.warmup, args.threads, draw_batch)
     load_after = os.getloadavg()
-    flags, features = _machine()
 
     u, pl = masks["usrc"], masks["plain"]
     lines = [
         f"# ragged_tokens on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} torch threads; shared with other engineers' jobs: timings are contended)",
-        f"# {features}",
-        f"# lscpu {flags}",
-        f"# load average (1, 5, 15 min) before {load_before}, after {tuple(round(x, 2) for x in load_after)}",
+        *header,
+        f"# load average at the end {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}",
         f"# masks: B={args.batch}, 14x14 grid, 4 target blocks, fans covering 48-83% of the grid "
         f"({args.pool} regions), {args.batches} batches",
         "",
@@ -440,9 +434,9 @@ def main() -> None:
         f"{layout['padded']:.1f} ({layout['tokens_padded']} rows), truncated dense {layout['truncated_dense']:.1f} "
         f"({layout['tokens_truncated']} tokens)",
         "",
-        f"SALT step (Trainer.train_step: teacher fwd + student + per-block predictor + loss + bwd + AdamW; USrc; "
-        f"B={args.step_batch}; median of {args.steps}; '_of_{args.batch}': the B rows of a B={args.batch} draw, "
-        "i.e. the paper's per-GPU truncation)",
+        "SALT step (Trainer.train_step: teacher fwd + student + per-block predictor + loss + bwd + AdamW; USrc; "
+        f"B={args.step_batch}; mean of {args.steps} paired steps; '_of_{args.batch}': the B rows of a "
+        f"B={args.batch} draw, i.e. the paper's per-GPU truncation)",
         f"{'case':<20}{'mode':<10}{'step (s)':>10}{'ctx tokens':>12}{'ms/token':>10}",
     ]
     for name, s in steps.items():
@@ -471,7 +465,6 @@ def main() -> None:
         "steps": steps,
         "ragged_step_time_ratio": {k: round(v["ragged_step_time_ratio"], 3) for k, v in steps.items()},
         "time_per_real_token_ratio": {k: round(v["time_per_real_token_ratio"], 3) for k, v in steps.items()},
-        "load_before": load_before,
         "load_after": load_after,
         "seconds": round(time.perf_counter() - t0, 1),
     }

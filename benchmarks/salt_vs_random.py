@@ -33,7 +33,7 @@ from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
 from usjepa_fast.data.synth import synthesize
 from usjepa_fast.data.ultrabench import UltraBenchDataset
 from usjepa_fast.models import create
-from usjepa_fast.models.frozen import load_frozen_encoder
+from usjepa_fast.models.resolve import resolve_encoder
 from usjepa_fast.train.pipeline import DEMO_OVERRIDES, pretrain_two_stage
 
 IMAGE_SIZE, PATCH = 128, 16  # the geometry of the tiny recipes (salt_tiny_cpu.yaml)
@@ -146,8 +146,8 @@ def main() -> None:
     splits = {s: UltraBenchDataset(ub, s, pre) for s in ("train", "validation", "test")}
     seeds = list(range(args.probe_seeds))
     t2 = time.perf_counter()
-    salt = evaluate(load_frozen_encoder(result.student.student_path), splits, seeds)
-    teacher = evaluate(load_frozen_encoder(result.teacher.student_path), splits, seeds)
+    salt = evaluate(resolve_encoder(result.student.student_path), splits, seeds)
+    teacher = evaluate(resolve_encoder(result.teacher.student_path), splits, seeds)
     random_scores = []
     for init in range(args.random_inits):
         torch.manual_seed(1000 + init)

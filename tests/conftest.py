@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -27,6 +29,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """usfast's default cache root (scan masks, clip indexes, ...) in a session temp dir, never ~/.cache."""
+    previous = os.environ.get("USFAST_CACHE_DIR")
+    os.environ["USFAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("usfast-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("USFAST_CACHE_DIR", None)
+    else:
+        os.environ["USFAST_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -162,8 +162,7 @@ def stage_scan_regions(ctx: DemoContext, n_images: int = 48) -> dict:
         ctx.state["clips"], FrameSampling(max_frames=32), scan_mask="detect", cache_dir=ctx.out_dir / "mask_cache"
     )
     for path in videos.paths:
-        frames = videos._clip_frames(path)
-        found = videos.clip_mask(path, frames)
+        found = videos.clip_mask(path)
         clip_ious[path.name] = round(mask_iou(found, load_mask(path.with_name(f"{path.stem}.scanmask.png"))), 4)
     size = tiles[0].shape[0]
     tiles = [t if t.shape[0] == size else np.asarray(Image.fromarray(t).resize((size, size))) for t in tiles]

@@ -45,3 +45,56 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
         for p in s.encode():
             c.mux(p)
     return path
+
+
+def remux_with_edit_list(src: Path, dst: Path, trim_frames: int) -> Path:
+    """Copy ``src``'s packets into ``dst`` (.mov/.mp4) shifted ``trim_frames`` frames earlier: the muxer
+    writes an edit list that hides them, so the container lists every packet but presents fewer
+    frames (what real camera/editor ``.mov`` exports do)."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        shift = int(round(trim_frames / (float(stream.average_rate) * stream.time_base)))
+        ostream = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = ostream
+            out.mux(packet)
+    return dst
+
+
+def truncate_after_index(src: Path, dst: Path, keep: float = 0.6) -> Path:
+    """``src`` remuxed with its index (moov) first, then cut to ``keep`` of its bytes: the header still
+    advertises every frame, the data for the last ones is gone (an interrupted copy or upload)."""
+    import av
+
+    tmp = dst.with_name(dst.stem + ".full" + dst.suffix)
+    with av.open(str(src)) as inp, av.open(str(tmp), "w", options={"movflags": "faststart"}) as out:
+        stream = inp.streams.video[0]
+        ostream = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.stream = ostream
+            out.mux(packet)
+    data = tmp.read_bytes()
+    tmp.unlink()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def folder_state(root: Path) -> list[tuple[str, int, int]]:
+    """Every entry under ``root`` (hidden ones included) with its size and mtime: what a reader must not change."""
+    import os
+
+    state = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            state.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+    return sorted(state)

@@ -10,7 +10,8 @@ import pytest
 from data_helpers import CONTAINERS, moving_frames, write_clip
 from PIL import Image
 
-from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset, clip_timestamps
+from usjepa_fast.data.clips import clip_index
+from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
 from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
 from usjepa_fast.data.scan_region import mask_iou
 from usjepa_fast.data.video import FrameSampling, PyAVDecoder
@@ -50,7 +51,7 @@ def test_image_folder_detects_and_caches_masks(tmp_path) -> None:
     truth = np.zeros((40, 50), bool)
     truth[5:35, 10:40] = True
     assert mask_iou(raw["scan_mask"], truth) > 0.9
-    assert len(list((tmp_path / "cache").glob("*.scanmask.png"))) >= 1
+    assert len(list((tmp_path / "cache" / "scan_masks").glob("*.scanmask.png"))) >= 1
 
 
 def test_provided_sidecar_mask_wins(tmp_path) -> None:
@@ -100,9 +101,9 @@ def test_bad_folders_and_files(tmp_path, caplog) -> None:
     with pytest.raises(DataError, match="does not exist"):
         ImageFolderDataset(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="no readable image files"):
         ImageFolderDataset(tmp_path / "empty")
-    with pytest.raises(DataError, match="no video files"):
+    with pytest.raises(DataError, match="no readable video files"):
         VideoFrameDataset(tmp_path / "empty")
     # a truncated image: raise by default, log-and-skip on request
     root = _images(tmp_path / "imgs")
@@ -125,8 +126,8 @@ def test_unreadable_clip_is_skipped_at_indexing(tmp_path, caplog) -> None:
         ds = VideoFrameDataset(root, scan_mask="none")
     assert [p.name for p in ds.paths] == ["ok.mp4"] and len(ds) == 6
     assert str(root / "broken.mp4") in ds.skipped_clips and "broken.mp4" in caplog.text
-    with pytest.raises(DataError):
-        clip_timestamps(root / "broken.mp4")
+    with pytest.raises(DataError, match="broken.mp4"):
+        clip_index(root / "broken.mp4")
 
 
 def test_clip_cache_bounds_memory(synth_root, tmp_path) -> None:

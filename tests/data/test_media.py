@@ -1,12 +1,16 @@
-"""Image discovery and reading: formats, bit depths, colour, bad files."""
+"""Media discovery (with unreadable entries reported) and image reading: formats, bit depths, colour, bad files."""
 
 from __future__ import annotations
+
+import logging
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from usjepa_fast.data.media import list_media, read_image_gray, to_gray
+from usjepa_fast.data import media
+from usjepa_fast.data.media import find_media, list_media, read_image_gray, to_gray
 from usjepa_fast.errors import DataError
 
 
@@ -88,3 +92,49 @@ def test_truncated_and_bogus_images_raise_naming_the_file(tmp_path) -> None:
         with pytest.raises(DataError, match=bad.name) as info:
             read_image_gray(bad)
         assert "\n" not in str(info.value)
+
+
+def test_find_media_lists_unreadable_entries_with_a_reason(tmp_path, caplog, monkeypatch) -> None:
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    Image.fromarray(_gray()).save(root / "a.png")
+    (root / "sub" / "b.mp4").write_bytes(b"not really a video")  # readable as a file: the decoder reports it
+    (root / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # a dangling symlink with a media extension
+    (root / "gone_folder").symlink_to(tmp_path / "deleted_folder")  # no extension: may have held media
+    (root / "gone.txt").symlink_to(tmp_path / "deleted.txt")  # not media: ignored as any .txt is
+    (root / ".hidden" / "gone.mp4").symlink_to(tmp_path / "x.mp4")  # hidden: skipped
+    (root / "loop.png").symlink_to(root / "loop.png")  # a symlink loop
+    os.mkfifo(root / "pipe.mp4")
+    (root / "ok_link.png").symlink_to(root / "a.png")  # a good symlink is followed
+    files, problems = find_media(root)
+    assert [p.relative_to(root).as_posix() for p in files] == ["a.png", "ok_link.png", "sub/b.mp4"]
+    why = {p.path.name: p.reason for p in problems}
+    assert sorted(why) == ["gone.mp4", "gone_folder", "loop.png", "pipe.mp4"]
+    assert why["gone.mp4"].startswith("dangling symbolic link") and "deleted.mp4" in why["gone.mp4"]
+    assert "dangling" in why["gone_folder"] and "not a regular file" in why["pipe.mp4"]
+    assert "cannot be opened" in why["loop.png"]
+    videos = find_media(root, ("video",))
+    assert [p.path.name for p in videos.problems] == ["gone.mp4", "gone_folder", "pipe.mp4"]
+    # list_media keeps its contract (the readable files) and logs each problem once per process
+    monkeypatch.setattr(media, "_reported", set())
+    with caplog.at_level(logging.WARNING, logger="usfast"):
+        assert list_media(root) == files
+        assert list_media(root) == files
+    assert sum("gone.mp4" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(DataError, match="dangling symbolic link"):
+        find_media(root / "gone.mp4")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their permissions")
+def test_find_media_reports_folders_it_cannot_list(tmp_path) -> None:
+    root = tmp_path / "in"
+    (root / "locked").mkdir(parents=True)
+    Image.fromarray(_gray()).save(root / "locked" / "a.png")
+    (root / "locked").chmod(0)
+    try:
+        files, problems = find_media(root)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert files == [] and [p.path.name for p in problems] == ["locked"]
+    assert "cannot be listed" in problems[0].reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +12,13 @@ import torch
 from usjepa_fast.data import synth
 from usjepa_fast.data.scan_region import (
     ScanMaskCache,
+    detect_clip_region,
     detect_scan_region,
     load_mask,
     mask_iou,
     patch_validity,
     save_mask,
+    usable_frames,
 )
 from usjepa_fast.errors import DataError
 
@@ -87,29 +90,55 @@ def test_patch_validity_touch_rule() -> None:
 
 def test_scan_mask_cache(tmp_path) -> None:
     frame, _ = _frame_with_ui("fan", 1, seed=5, size=128)
-    media = tmp_path / "a.png"
+    data = tmp_path / "data"
+    data.mkdir()
+    media = data / "a.png"
     save_mask(frame > 0, media)  # any file stands in for the media
     calls = []
 
-    def frames_fn():
+    def detect():
         calls.append(1)
-        return frame
+        return detect_scan_region(frame)
 
     cache = ScanMaskCache(tmp_path / "cache")
-    m1 = cache.get(media, frames_fn)
-    m2 = ScanMaskCache(tmp_path / "cache").get(media, frames_fn)  # a new process: from disk
+    m1 = cache.get(media, detect)
+    m2 = ScanMaskCache(tmp_path / "cache").get(media, detect)  # a new process: from disk
     np.testing.assert_array_equal(m1, m2)
-    assert len(calls) == 1 and len(list((tmp_path / "cache").glob("*.scanmask.png"))) == 1
+    stored = list((tmp_path / "cache" / "scan_masks").glob("a-*.scanmask.png"))
+    assert len(calls) == 1 and len(stored) == 1
+    assert sorted(p.name for p in data.iterdir()) == ["a.png"]  # nothing beside the data by default
     # the media changed: the cached mask is stale and recomputed
     os.utime(media, ns=(1, 1))
-    ScanMaskCache(tmp_path / "cache").get(media, frames_fn)
+    ScanMaskCache(tmp_path / "cache").get(media, detect)
     assert len(calls) == 2
-    # default: a hidden sidecar next to the data
-    beside = ScanMaskCache(None)
-    beside.get(media, frames_fn)
-    assert list(tmp_path.glob(".a-*.scanmask.png"))
+    # an unreadable entry is a miss, not an error
+    for entry in (tmp_path / "cache" / "scan_masks").iterdir():
+        entry.write_bytes(b"torn")
+    np.testing.assert_array_equal(ScanMaskCache(tmp_path / "cache").get(media, detect), m1)
+    assert len(calls) == 3
+    # default root: $USFAST_CACHE_DIR (the test session points it at a temp dir)
+    assert ScanMaskCache().dir == Path(os.environ["USFAST_CACHE_DIR"]) / "scan_masks"
+    # beside=True (asked for explicitly): a hidden mask next to the data
+    ScanMaskCache(tmp_path / "cache2", beside=True).get(media, detect)
+    assert list(data.glob(".a-*.scanmask.png"))
     with pytest.raises(DataError, match="does not exist"):
-        cache.get(tmp_path / "missing.png", frames_fn)
+        cache.get(tmp_path / "missing.png", detect)
+
+
+def test_clip_rule_drops_blank_and_dark_frames() -> None:
+    rng = np.random.default_rng(4)
+    frames, true, _ = synth.render_clip(rng, 1, 96, 12, None, "fan")
+    lead = frames.copy()
+    lead[:4] = 0  # a black lead-in
+    lead[4:6] = (lead[4:6] * 0.2).astype(np.uint8)  # the end of a fade from black
+    lead[6, 10:20, 10:80] = 255  # a title card: text on black
+    lead[6][lead[6] < 255] = 0
+    np.testing.assert_array_equal(usable_frames(lead), lead[7:])  # only the normal frames are left
+    assert not detect_scan_region(lead[0]).any()  # the old first-frame rule finds nothing
+    assert mask_iou(detect_clip_region(lead), true) >= 0.9
+    assert not detect_clip_region(np.zeros((5, 32, 32), np.uint8)).any()
+    with pytest.raises(DataError):
+        detect_clip_region(np.zeros((3, 4, 4), np.uint8))
 
 
 def test_load_mask_accepts_0_1_and_0_255(tmp_path) -> None:

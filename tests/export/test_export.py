@@ -19,9 +19,9 @@ TINY = "vit_tiny_patch16_224"
 
 @pytest.fixture(scope="module")
 def encoder():
-    from usjepa_fast.models.frozen import load_frozen_encoder
+    from usjepa_fast.models.resolve import resolve_encoder
 
-    return load_frozen_encoder(TINY, img_size=32)
+    return resolve_encoder(TINY, img_size=32)
 
 
 def _ort(path):

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from usjepa_fast.errors import CheckpointError, UsfastError
 from usjepa_fast.models.checkpoints import load_state_dict_flexible
-from usjepa_fast.models.frozen import load_frozen_encoder, read_sidecar, save_export_ready
+from usjepa_fast.models.frozen import read_sidecar, save_export_ready
+from usjepa_fast.models.resolve import resolve_encoder
 
 ARCH = "vit_tiny_patch16_224"
 SIZE = 32
@@ -18,7 +19,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def reference():
-    enc = load_frozen_encoder(ARCH, img_size=SIZE, seed=3)
+    enc = resolve_encoder(ARCH, img_size=SIZE, seed=3)
     x = torch.randn(2, 3, SIZE, SIZE)
     return enc, x, enc(x)
 
@@ -46,7 +47,7 @@ def test_checkpoint_layouts_load_to_identical_features(tmp_path: Path, reference
     enc, x, expected = reference
     path = tmp_path / f"{layout}.pth"
     torch.save(LAYOUTS[layout](enc.model.state_dict()), path)
-    loaded = load_frozen_encoder(path, arch=ARCH, img_size=SIZE)
+    loaded = resolve_encoder(path, arch=ARCH, img_size=SIZE)
     torch.testing.assert_close(loaded(x), expected)
     assert loaded.info.source_hash and not loaded.info.source_hash.startswith("random")
 
@@ -55,14 +56,14 @@ def test_safetensors_plain_checkpoint(tmp_path: Path, reference) -> None:
     enc, x, expected = reference
     path = tmp_path / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(path))
-    torch.testing.assert_close(load_frozen_encoder(path, arch=ARCH, img_size=SIZE)(x), expected)
+    torch.testing.assert_close(resolve_encoder(path, arch=ARCH, img_size=SIZE)(x), expected)
 
 
 def test_pos_embed_resampled_for_other_input_size(tmp_path: Path, reference) -> None:
     enc, _, _ = reference
     path = tmp_path / "small_grid.pth"
     torch.save(enc.model.state_dict(), path)
-    bigger = load_frozen_encoder(path, arch=ARCH, img_size=SIZE * 2)
+    bigger = resolve_encoder(path, arch=ARCH, img_size=SIZE * 2)
     assert bigger(torch.randn(1, 3, SIZE * 2, SIZE * 2)).shape == (1, 192)
 
 
@@ -71,7 +72,7 @@ def test_wrong_architecture_lists_keys(tmp_path: Path, reference) -> None:
     path = tmp_path / "tiny.pth"
     torch.save(enc.model.state_dict(), path)
     with pytest.raises(CheckpointError, match="shape mismatch: .*patch_embed"):
-        load_frozen_encoder(path, arch="vit_small_patch16_224", img_size=SIZE)
+        resolve_encoder(path, arch="vit_small_patch16_224", img_size=SIZE)
     broken = dict(enc.model.state_dict())
     broken.pop("norm.weight")
     broken["extra.weight"] = torch.zeros(1)
@@ -83,14 +84,14 @@ def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match="could not be read"):
-        load_frozen_encoder(truncated, arch=ARCH)
+        resolve_encoder(truncated, arch=ARCH)
     with pytest.raises(CheckpointError, match="no usfast sidecar"):
         torch.save({}, tmp_path / "x.pt")
-        load_frozen_encoder(tmp_path / "x.pt")
+        resolve_encoder(tmp_path / "x.pt")
     with pytest.raises(UsfastError, match="neither an existing file nor a timm model"):
-        load_frozen_encoder("no_such_model_or_file")
+        resolve_encoder("no_such_model_or_file")
     with pytest.raises(UsfastError, match="open_backend"):
-        load_frozen_encoder(tmp_path / "model.onnx")
+        resolve_encoder(tmp_path / "model.onnx")
 
 
 def test_export_ready_roundtrip_keeps_declared_normalisation(tmp_path: Path, reference) -> None:
@@ -100,11 +101,11 @@ def test_export_ready_roundtrip_keeps_declared_normalisation(tmp_path: Path, ref
     path = save_export_ready(enc.model, info_custom, tmp_path / "student")
     sidecar = read_sidecar(path.with_suffix(".json"))
     assert sidecar.mean == (0.2, 0.2, 0.2) and len(sidecar.source_hash) == 64
-    loaded = load_frozen_encoder(path)
+    loaded = resolve_encoder(path)
     torch.testing.assert_close(loaded(x), expected)
     assert loaded.info.mean == (0.2, 0.2, 0.2)
     # a run directory resolves to its student.safetensors
-    torch.testing.assert_close(load_frozen_encoder(tmp_path)(x), expected)
+    torch.testing.assert_close(resolve_encoder(tmp_path)(x), expected)
 
 
 def test_pooling_and_frozen_state(reference) -> None:
@@ -114,5 +115,5 @@ def test_pooling_and_frozen_state(reference) -> None:
     torch.testing.assert_close(pooled, tokens.mean(1))
     enc.train()
     assert not enc.training and not any(p.requires_grad for p in enc.parameters())
-    cls = load_frozen_encoder(ARCH, img_size=SIZE, pool="cls", seed=3)
+    cls = resolve_encoder(ARCH, img_size=SIZE, pool="cls", seed=3)
     assert cls.info.pool == "cls" and cls(x).shape == (2, 192)

@@ -24,9 +24,9 @@ class CountingEncoder(nn.Module):
 
 
 def tiny_encoder(seed: int = 0) -> CountingEncoder:
-    from usjepa_fast.models.frozen import load_frozen_encoder
+    from usjepa_fast.models.resolve import resolve_encoder
 
-    return CountingEncoder(load_frozen_encoder("vit_tiny_patch16_224", img_size=32, seed=seed))
+    return CountingEncoder(resolve_encoder("vit_tiny_patch16_224", img_size=32, seed=seed))
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from usjepa_fast.cli.main import app
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A usfast export-ready ``student.safetensors`` + sidecar (tiny ViT at 32 px), like a SALT run writes."""
-    from usjepa_fast.models.frozen import load_frozen_encoder, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
+    from usjepa_fast.models.resolve import resolve_encoder
 
-    enc = load_frozen_encoder("vit_tiny_patch16_224", img_size=32, seed=3)
+    enc = resolve_encoder("vit_tiny_patch16_224", img_size=32, seed=3)
     return save_export_ready(enc.model, enc.info, tmp_path_factory.mktemp("run") / "student.safetensors")
 
 

@@ -118,10 +118,11 @@ def test_unreadable_items_are_skipped_and_counted() -> None:
 
 def test_features_from_a_usfast_embed_directory(ultrabench, tmp_path) -> None:
     from usjepa_fast.embed import embed_folder
-    from usjepa_fast.models.frozen import load_frozen_encoder, save_export_ready
+    from usjepa_fast.models.frozen import save_export_ready
+    from usjepa_fast.models.resolve import resolve_encoder
     from usjepa_fast.probe.features import task_features_from_embed_dir
 
-    enc = load_frozen_encoder("vit_tiny_patch16_224", img_size=32, seed=4)
+    enc = resolve_encoder("vit_tiny_patch16_224", img_size=32, seed=4)
     student = save_export_ready(enc.model, enc.info, tmp_path / "student.safetensors")
     embed_folder(ultrabench, tmp_path / "emb", str(student), backend="torch", device="cpu")
     tf = task_features_from_embed_dir(tmp_path / "emb", ultrabench)

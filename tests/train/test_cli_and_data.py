@@ -79,7 +79,7 @@ def test_cli_masks_preview(synth_root, tmp_path, usrc: str) -> None:
 
 
 def test_pretrain_two_stage_demo_call(synth_root, tmp_path) -> None:
-    from usjepa_fast.models.frozen import load_frozen_encoder
+    from usjepa_fast.models.resolve import resolve_encoder
     from usjepa_fast.train import pretrain_two_stage
 
     tiny = [o for o in TINY if not o.startswith("optim.steps")]
@@ -87,5 +87,5 @@ def test_pretrain_two_stage_demo_call(synth_root, tmp_path) -> None:
         [synth_root / "ultrabench"], tmp_path / "demo", teacher_steps=2, student_steps=2, overrides=tiny, progress=False
     )
     assert result.teacher.finished and result.student.finished
-    enc = load_frozen_encoder(result.student_path)
+    enc = resolve_encoder(result.student_path)
     assert enc.info.width == 32 and enc.info.input_size == 64

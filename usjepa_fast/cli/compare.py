@@ -11,7 +11,11 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare_cmd(
         encoder: list[str] = typer.Option(
-            None, "--encoder", "-e", help="Encoder spec (repeatable): timm name, .safetensors, .onnx, zoo:NAME=PATH."
+            None,
+            "--encoder",
+            "-e",
+            help="Encoder spec (repeatable): timm name, usfast run dir/.safetensors, checkpoint (+ --arch), "
+            "zoo:NAME=PATH, random:SPEC[@seed], .onnx/.engine.",
         ),
         dataset: list[Path] = typer.Option(None, "--dataset", "-d", help="UltraBench directory (repeatable)."),
         name: list[str] = typer.Option(None, "--name", help="Row name per --encoder (repeatable)."),
@@ -26,12 +30,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("compare_out"), "--out", "-o", help="Output directory."),
         cache: Path = typer.Option(None, "--cache", help="Feature cache directory (default: OUT/features)."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
+        arch: str = typer.Option(None, "--arch", help="timm architecture of foreign/teacher checkpoints."),
+        pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         list_zoo: bool = typer.Option(False, "--list-zoo", help="Print the baseline model zoo and exit."),
     ) -> None:
         """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs."""
         from usjepa_fast.errors import UsfastError
-        from usjepa_fast.probe.zoo import zoo_table
+        from usjepa_fast.models.zoo import zoo_table
 
         if list_zoo:
             typer.echo(zoo_table())
@@ -53,6 +59,16 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             device=device,
         )
-        report = compare(encoder, dataset, out, cfg, names=name or None, cache_dir=cache, reference_csv=reference)
+        report = compare(
+            encoder,
+            dataset,
+            out,
+            cfg,
+            names=name or None,
+            cache_dir=cache,
+            reference_csv=reference,
+            arch=arch,
+            pool=pool,
+        )
         typer.echo(report.markdown)
         typer.echo(f"wrote {out}/ ({', '.join(sorted(report.files))})")

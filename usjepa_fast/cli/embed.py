@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
             ...,
             "--encoder",
             "-e",
-            help="timm name, usfast .safetensors/run dir, checkpoint (+ --arch), .onnx or .engine.",
+            help="timm name, usfast run dir/.safetensors, checkpoint (+ --arch), zoo:NAME=PATH, random:SPEC[@seed], "
+            ".onnx or .engine.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Output directory (re-running resumes it)."),
         backend: str = typer.Option("auto", "--backend", help="auto (fastest available), torch, onnx or tensorrt."),

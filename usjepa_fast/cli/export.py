@@ -12,8 +12,8 @@ def register(app: typer.Typer) -> None:
     def export(
         encoder: str = typer.Argument(
             ...,
-            help="timm name, usfast student .safetensors / run dir, checkpoint (+ --arch), or with --check an "
-            ".engine/.onnx to verify.",
+            help="timm name, usfast run dir/.safetensors, checkpoint (+ --arch), zoo:NAME=PATH, random:SPEC[@seed]; "
+            "with --check an .engine/.onnx to verify.",
         ),
         out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="ONNX file to write (sidecar: <stem>.json)."),
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),

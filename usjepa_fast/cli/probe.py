@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--encoder",
             "-e",
-            help="timm name, usfast .safetensors/run dir, checkpoint (+ --arch), .onnx/.engine, or zoo:NAME=PATH.",
+            help="timm name, usfast run dir/.safetensors, checkpoint (+ --arch), zoo:NAME=PATH, random:SPEC[@seed], "
+            ".onnx/.engine.",
         ),
         features: Path = typer.Option(
             None, "--features", help="Precomputed `usfast embed` output over DATASET (instead of --encoder)."

@@ -12,7 +12,11 @@ def register(app: typer.Typer) -> None:
     def robustness(
         dataset: Path = typer.Argument(..., help="UltraBench directory (train/validation/test JSON splits)."),
         encoder: list[str] = typer.Option(
-            ..., "--encoder", "-e", help="Encoder spec (repeatable): timm name, .safetensors, .onnx, zoo:NAME=PATH."
+            ...,
+            "--encoder",
+            "-e",
+            help="Encoder spec (repeatable): timm name, usfast run dir/.safetensors, checkpoint (+ --arch), "
+            "zoo:NAME=PATH, random:SPEC[@seed], .onnx/.engine.",
         ),
         name: list[str] = typer.Option(None, "--name", help="Row name per --encoder (repeatable)."),
         corruptions: str = typer.Option(

@@ -1,4 +1,5 @@
-"""``usfast synth --out DIR``: write the built-in synthetic B-mode dataset (UltraBench format + clips)."""
+"""``usfast synth --out DIR [--dicom]``: write the built-in synthetic B-mode dataset (UltraBench format +
+clips, and with ``--dicom`` ultrasound DICOM cine loops and a dual-view image)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def register(app: typer.Typer) -> None:
         clip_frames: int = typer.Option(32, "--clip-frames", help="Frames per clip."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
         workers: int = typer.Option(0, "--workers", help="Processes (0 = one per CPU; files do not depend on it)."),
+        dicom: bool = typer.Option(
+            False,
+            "--dicom",
+            help="Also write dicom/: a JPEG-baseline cine loop, an uncompressed one and a dual-view image, with "
+            "Ultrasound Regions and fake patient tags (needs the dicom extra).",
+        ),
     ) -> None:
         """Synthesise physically plausible B-mode ultrasound (fan/linear, speckle, lesions, text, clips)."""
         from usjepa_fast.data.synth import synthesize
@@ -29,9 +36,12 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             clip_frames=clip_frames,
             workers=workers,
+            dicom=dicom,
         )
         typer.echo(f"wrote {s.n_images} images and {s.n_clips} clips to {s.out_dir} in {s.seconds:.1f}s")
         typer.echo(f"  ultrabench: {s.ultrabench_dir}  splits {s.split_counts}")
         typer.echo(f"  classes:    {s.class_counts}")
         if s.clip_files:
             typer.echo(f"  clips:      {', '.join(p.name for p in s.clip_files)}")
+        if s.dicom_files:
+            typer.echo(f"  dicom:      {', '.join(p.name for p in s.dicom_files)}")

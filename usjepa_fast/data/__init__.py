@@ -3,9 +3,12 @@
 Submodules (import them directly; the names below are re-exported lazily so ``import
 usjepa_fast.data`` stays cheap for the CLI):
 
-* ``media``       file discovery and gray image reading (8/16-bit)
+* ``media``       file discovery (``find_media``: files + unreadable entries) and gray image reading
 * ``video``       ``VideoDecoder`` protocol, ``PyAVDecoder``, ``DaliCpuDecoder``, ``FrameSampling``
-* ``scan_region`` ``detect_scan_region``, ``patch_validity``, ``ScanMaskCache``
+* ``clips``       ``clip_index`` (a clip's frame list, from decoding), ``scan_mask`` (the one scan region
+                  of a media file for every command), ``spread_frames``
+* ``cache``       the data layer's cache root and keys (``$USFAST_CACHE_DIR``, ``~/.cache/usfast``)
+* ``scan_region`` ``detect_scan_region``, ``detect_clip_region``, ``patch_validity``, ``ScanMaskCache``
 * ``preprocess``  ``percentile_rescale``, ``Preprocessor``, ``preprocess_batch``
 * ``ultrabench``  ``UltraBenchDataset``
 * ``folders``     ``ImageFolderDataset``, ``VideoFrameDataset``
@@ -22,6 +25,11 @@ _EXPORTS = {
     "IMAGE_EXTENSIONS": "media",
     "VIDEO_EXTENSIONS": "media",
     "list_media": "media",
+    "find_media": "media",
+    "ClipIndex": "clips",
+    "clip_index": "clips",
+    "scan_mask": "clips",
+    "spread_frames": "clips",
     "read_image_gray": "media",
     "Frame": "video",
     "FrameSampling": "video",
@@ -31,6 +39,7 @@ _EXPORTS = {
     "DaliCpuDecoder": "video",
     "get_decoder": "video",
     "detect_scan_region": "scan_region",
+    "detect_clip_region": "scan_region",
     "patch_validity": "scan_region",
     "ScanMaskCache": "scan_region",
     "percentile_rescale": "preprocess",

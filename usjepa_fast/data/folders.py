@@ -1,44 +1,42 @@
 """Plain folders of ultrasound media as torch Datasets: images, and video frames.
 
-Both walk ``root`` recursively (hidden files and usfast's own ``*.scanmask.png`` sidecars skipped).
-Scan masks, in order of preference: a provided sidecar ``<stem>.scanmask.png`` next to the media file
-(what ``usfast synth`` writes), else automatic detection cached by :class:`ScanMaskCache` (``scan_mask=
-"auto"``); ``"detect"`` ignores sidecars and ``"none"`` uses the whole frame.
+Both walk ``root`` recursively (hidden files and usfast's own ``*.scanmask.png`` sidecars skipped);
+entries that cannot be read (dangling symlinks, ...) are listed in ``.unreadable_files``. Scan masks
+come from :func:`usjepa_fast.data.clips.scan_mask`, the one rule every command uses: ``scan_mask=
+"auto"`` prefers a provided sidecar ``<stem>.scanmask.png`` (what ``usfast synth`` writes) over the
+cached detection, ``"detect"`` ignores sidecars and ``"none"`` uses the whole frame. Detected masks are
+cached in the cache dir (``cache_dir``, default ``$USFAST_CACHE_DIR`` or ``~/.cache/usfast``), never
+beside the data unless ``mask_cache="beside"``.
 
 Labels: when every file sits below a first-level sub-folder, those folder names are the classes
 (ImageNet-folder style) and ``label`` is the folder's index; otherwise ``label`` is -1.
 
 Unreadable files: ``on_error="raise"`` (default) raises :class:`DataError` naming the file;
-``on_error="skip"`` logs it, counts it in ``.skipped`` and returns the next readable item instead, so
-a long job never dies on one truncated file.
+``on_error="skip"`` logs the file once, counts the item in ``.skipped`` and returns the first item of
+the next file instead, so a long job never dies on one truncated file; only
+``_MAX_FAILED_FILES`` consecutive unreadable *files* stop it, with an error naming them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from usjepa_fast.data.media import list_media, read_image_gray
+from usjepa_fast.data.clips import MASK_CACHE_MODES, ClipIndex, clip_indexes, scan_mask
+from usjepa_fast.data.media import find_media, log_problems, read_image_gray
 from usjepa_fast.data.preprocess import Preprocessor
-from usjepa_fast.data.scan_region import ScanMaskCache, load_mask
 from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
 
 SCAN_MASK_MODES = ("auto", "detect", "none")
-_MAX_SKIP_TRIES = 16  # consecutive unreadable items before on_error="skip" gives up
-
-
-def sidecar_mask_path(path: Path) -> Path:
-    """Where a provided scan mask for media ``path`` lives: ``<stem>.scanmask.png`` beside it."""
-    return path.with_name(f"{path.stem}.scanmask.png")
+_MAX_FAILED_FILES = 16  # consecutive unreadable files before on_error="skip" gives up
 
 
 def _folder_classes(root: Path, files: list[Path]) -> tuple[list[str], list[int]]:
@@ -61,42 +59,54 @@ class _FolderBase(Dataset):
         scan_mask: str,
         cache_dir: str | Path | None,
         on_error: str,
+        mask_cache: str = "cache",
     ) -> None:
         self.root = Path(root)
         if scan_mask not in SCAN_MASK_MODES:
             raise DataError(f"scan_mask='{scan_mask}' is not one of {SCAN_MASK_MODES}")
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error='{on_error}' must be 'raise' or 'skip'")
-        files = list_media(self.root, kinds=(kind,))  # DataError if root is missing
+        if mask_cache not in MASK_CACHE_MODES:
+            raise DataError(f"mask_cache='{mask_cache}' is not one of {MASK_CACHE_MODES}")
+        files, problems = find_media(self.root, kinds=(kind,))  # DataError if root is missing
+        # path -> why it cannot be read (listing problems now; video datasets add clips that fail to index)
+        self.unreadable_files: dict[str, str] = {str(p.path): p.reason for p in problems}
+        log_problems(problems)
         if not files:
+            extra = (
+                f" ({len(problems)} unreadable entries, e.g. {problems[0].path}: {problems[0].reason})"
+                if problems
+                else ""
+            )
             raise DataError(
-                f"{self.root} contains no {kind} files ({kind} extensions: see usjepa_fast.data.media); "
-                "point to a folder with media"
+                f"{self.root} contains no readable {kind} files{extra} ({kind} extensions: see "
+                "usjepa_fast.data.media); point to a folder with media"
             )
         self.files: list[Path] = files
         self.classes, self._file_labels = _folder_classes(self.root, files)
         self.transform = transform
         self.scan_mask_mode = scan_mask
-        self.mask_cache = ScanMaskCache(cache_dir)
+        self.cache_dir = cache_dir
+        self.mask_cache = mask_cache
         self.on_error = on_error
         self.skipped: dict[int, str] = {}  # item index -> why (per process: DataLoader workers count their own)
+        self.failed_files: dict[str, str] = {}  # file -> why, for files that failed while reading items
         self._masks: dict[Path, np.ndarray] = {}
 
-    def _mask_for(self, path: Path, shape: tuple[int, int], frames_fn: Callable[[], np.ndarray]) -> np.ndarray:
-        if self.scan_mask_mode == "none":
-            return np.ones(shape, dtype=bool)
+    def _file_mask(self, path: Path) -> np.ndarray:
+        """The file's scan mask from :func:`scan_mask` (memoised per dataset and process)."""
         mask = self._masks.get(path)
         if mask is None:
-            side = sidecar_mask_path(path)
-            if self.scan_mask_mode == "auto" and side.is_file():
-                mask = load_mask(side)
-            else:
-                mask = self.mask_cache.get(path, frames_fn)
-            if not mask.any():  # nothing detected (e.g. an all-black frame): whole frame
-                mask = np.ones(shape, dtype=bool)
+            mask = scan_mask(path, mode=self.scan_mask_mode, cache_dir=self.cache_dir, mask_cache=self.mask_cache)
             self._masks[path] = mask
+        return mask
+
+    def _mask_for(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
+        if self.scan_mask_mode == "none":
+            return np.ones(shape, dtype=bool)
+        mask = self._file_mask(path)
         if mask.shape != shape:
-            raise DataError(f"scan mask for {path} is {mask.shape} but the frame is {shape}; delete the stale mask")
+            raise DataError(f"scan mask for {path} is {mask.shape} but the frame is {shape}; re-encode the file")
         return mask
 
     def _finish(self, gray: np.ndarray, mask: np.ndarray, extra: dict[str, Any]) -> dict[str, Any]:
@@ -110,19 +120,37 @@ class _FolderBase(Dataset):
     def _load(self, idx: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _file_of(self, idx: int) -> Path:
+        """The file item ``idx`` is read from."""
+        raise NotImplementedError
+
+    def _next_file_item(self, idx: int) -> int:
+        """The first item of the file after item ``idx``'s file (wrapping round)."""
+        raise NotImplementedError
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         if self.on_error == "raise":
             return self._load(idx)
-        n = len(self)
-        for k in range(_MAX_SKIP_TRIES):
-            j = (idx + k) % n
+        failed: list[Path] = []  # distinct files that failed in this call, in order
+        j = idx
+        for _ in range(len(self)):
             try:
                 return self._load(j)
             except DataError as exc:
+                path = self._file_of(j)
                 self.skipped[j] = str(exc)
-                log.warning("skipping unreadable item %d: %s (%d skipped so far)", j, exc, len(self.skipped))
+                if str(path) not in self.failed_files:
+                    self.failed_files[str(path)] = str(exc)
+                    log.warning("skipping unreadable file: %s (%d files skipped so far)", exc, len(self.failed_files))
+                if path not in failed:
+                    failed.append(path)
+                if len(failed) >= min(_MAX_FAILED_FILES, len(self.files)):
+                    break
+                j = self._next_file_item(j)
+        names = ", ".join(p.name for p in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
         raise DataError(
-            f"{self.root}: {_MAX_SKIP_TRIES} consecutive unreadable items from index {idx}; check the folder"
+            f"{self.root}: {len(failed)} consecutive files are unreadable from item {idx} ({names}: "
+            f"{self.failed_files[str(failed[0])]}); re-encode or remove them"
         )
 
     @property
@@ -143,28 +171,37 @@ class ImageFolderDataset(_FolderBase):
         scan_mask: str = "auto",
         cache_dir: str | Path | None = None,
         on_error: str = "raise",
+        mask_cache: str = "cache",
     ) -> None:
-        super().__init__(root, "image", transform, scan_mask, cache_dir, on_error)
+        super().__init__(root, "image", transform, scan_mask, cache_dir, on_error, mask_cache)
         self.paths = self.files
         self.labels = np.asarray(self._file_labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _file_of(self, idx: int) -> Path:
+        return self.files[idx]
+
+    def _next_file_item(self, idx: int) -> int:
+        return (idx + 1) % len(self.files)
+
     def _load(self, idx: int) -> dict[str, Any]:
         path = self.files[idx]
         gray = read_image_gray(path)
-        mask = self._mask_for(path, gray.shape, lambda: gray)
+        mask = self._mask_for(path, gray.shape)
         return self._finish(gray, mask, {"label": int(self.labels[idx]), "group": "", "path": str(path)})
 
 
 class VideoFrameDataset(_FolderBase):
     """Sampled frames of every video under ``root`` as a map-style dataset over (clip, frame) pairs.
 
-    The index is built without decoding: each clip's packet timestamps are read from the container
-    (demux only) and the :class:`FrameSampling` rule is applied to them, so ``len()`` is exact and
-    matches what the decoder yields. Clips that cannot be opened are logged, counted in
-    ``.skipped_clips`` and left out of the index.
+    The index comes from decoding: each clip's :func:`~usjepa_fast.data.clips.clip_index` (decoded
+    once without pixel conversion, then cached by path/size/mtime) lists the frames that really
+    decode, and the :class:`FrameSampling` rule is applied to their timestamps, so ``len()`` is exact
+    and every item is readable. A clip that decodes fewer frames than its container lists is indexed
+    with the frames it has (logged once; ``.short_clips``). Clips that cannot be decoded at all are
+    logged, recorded in ``.skipped_clips`` and left out of the index.
 
     Random access decodes the clip's sampled frames once and keeps the last ``clip_cache`` clips in
     memory; iterate roughly clip by clip (or bound ``max_frames``) for speed on long videos.
@@ -181,33 +218,45 @@ class VideoFrameDataset(_FolderBase):
         cache_dir: str | Path | None = None,
         on_error: str = "raise",
         clip_cache: int = 2,
+        mask_cache: str = "cache",
     ) -> None:
-        super().__init__(root, "video", transform, scan_mask, cache_dir, on_error)
+        super().__init__(root, "video", transform, scan_mask, cache_dir, on_error, mask_cache)
         self.sampling = sampling or FrameSampling()
         self.decoder: VideoDecoder = decoder or PyAVDecoder()
         self.clip_cache = max(1, clip_cache)
         self._decoded: OrderedDict[Path, dict[int, tuple[float, np.ndarray]]] = OrderedDict()
-        self.skipped_clips: dict[str, str] = {}
+        n_listed = len(self.files) + len(self.unreadable_files)  # entries found, readable or not
         index: list[tuple[int, int, float]] = []  # (file id, frame index, timestamp)
         clip_labels: list[int] = []
         kept_files: list[Path] = []
-        for path, label in zip(self.files, self._file_labels, strict=True):
-            try:
-                times = clip_timestamps(path)
-            except DataError as exc:
-                self.skipped_clips[str(path)] = str(exc)
-                log.warning("skipping clip: %s", exc)
+        self.clip_indexes: list[ClipIndex] = []
+        self.short_clips: dict[str, ClipIndex] = {}
+        self._file_starts: list[int] = []  # first item of each kept clip
+        indexes = clip_indexes(self.files, self.decoder, cache_dir)  # decoded once per clip, then cached
+        for path, label, clip in zip(self.files, self._file_labels, indexes, strict=True):
+            if isinstance(clip, DataError):
+                self.unreadable_files[str(path)] = str(clip)
+                log.warning("skipping clip: %s", clip)
+                continue
+            picked = _Sampler(self.sampling).select_indices(list(clip.timestamps))
+            if not picked:
                 continue
             fid = len(kept_files)
             kept_files.append(path)
             clip_labels.append(label)
-            for i in _Sampler(self.sampling).select_indices(times):
-                index.append((fid, i, times[i]))
-        if self.skipped_clips:
-            log.warning("%s: %d of %d clips skipped (unreadable)", self.root, len(self.skipped_clips), len(self.files))
+            self.clip_indexes.append(clip)
+            if clip.shortfall or clip.stopped:
+                self.short_clips[str(path)] = clip
+            self._file_starts.append(len(index))
+            index.extend((fid, i, clip.timestamps[i]) for i in picked)
+        if self.unreadable_files:
+            log.warning(
+                "%s: %d of %d video entries unreadable and skipped", self.root, len(self.unreadable_files), n_listed
+            )
         if not index:
             raise DataError(
-                f"{self.root}: no decodable video frames (skipped clips: {len(self.skipped_clips)}); check the files"
+                f"{self.root}: no decodable video frames (unreadable clips: {len(self.unreadable_files)}); "
+                "check the files"
             )
         self.files = kept_files
         self.paths = kept_files
@@ -215,43 +264,58 @@ class VideoFrameDataset(_FolderBase):
         self.clip_labels = np.asarray(clip_labels, dtype=np.int64)
         self.labels = self.clip_labels[[f for f, _, _ in index]]
 
+    @property
+    def skipped_clips(self) -> dict[str, str]:
+        """Clips left out of the index (path -> why): listing problems and clips that do not decode."""
+        return self.unreadable_files
+
     def __len__(self) -> int:
         return len(self.index)
+
+    def _file_of(self, idx: int) -> Path:
+        return self.files[self.index[idx][0]]
+
+    def _next_file_item(self, idx: int) -> int:
+        fid = self.index[idx][0]
+        return self._file_starts[(fid + 1) % len(self._file_starts)]
 
     def _clip_frames(self, path: Path) -> dict[int, tuple[float, np.ndarray]]:
         cached = self._decoded.get(path)
         if cached is not None:
             self._decoded.move_to_end(path)
             return cached
-        frames = {f.index: (f.timestamp, f.image) for f in self.decoder.frames(path, self.sampling)}
+        frames: dict[int, tuple[float, np.ndarray]] = {}
+        try:
+            for f in self.decoder.frames(path, self.sampling):
+                frames[f.index] = (f.timestamp, f.image)
+        except DataError:
+            if not frames:
+                raise
+            # A clip that ends early keeps what decoded (its index, built the same way, lists only that).
         self._decoded[path] = frames
         while len(self._decoded) > self.clip_cache:
             self._decoded.popitem(last=False)
         return frames
 
-    def clip_mask(self, path: Path, frames: dict[int, tuple[float, np.ndarray]] | None = None) -> np.ndarray:
-        """Scan mask of one clip (provided sidecar, cache, or temporal detection on its sampled frames)."""
-        frames = frames if frames is not None else self._clip_frames(path)
-        shape = next(iter(frames.values()))[1].shape
-
-        def stack_fn() -> np.ndarray:  # (T, H, W), only called on a cache miss
-            images = [img for _, img in list(frames.values())[:64]]
-            if len(images) < 8:
-                # Sparse sampling (e.g. max_frames=1) leaves no motion to see: decode a short run
-                # of consecutive frames for the detector instead.
-                images = [f.image for f in self.decoder.frames(path, FrameSampling(max_frames=48))]
-            return np.stack(images)
-
-        return self._mask_for(path, shape, stack_fn)
+    def clip_mask(self, path: Path) -> np.ndarray:
+        """Scan mask of one clip: :func:`usjepa_fast.data.clips.scan_mask`, the same array embed and
+        ``usfast masks`` get for this file (``scan_mask="none"``: the whole frame)."""
+        if self.scan_mask_mode == "none":
+            frames = self._clip_frames(path)
+            return np.ones(next(iter(frames.values()))[1].shape, dtype=bool)
+        return self._file_mask(path)
 
     def _load(self, idx: int) -> dict[str, Any]:
         fid, frame_index, _ = self.index[idx]
         path = self.files[fid]
         frames = self._clip_frames(path)
         if frame_index not in frames:
-            raise DataError(f"video {path} ended before frame {frame_index} (truncated?); re-encode it")
+            raise DataError(
+                f"video {path} yielded no frame {frame_index} although its index lists it "
+                "(the file changed since it was indexed?); re-encode it"
+            )
         timestamp, gray = frames[frame_index]
-        mask = self.clip_mask(path, frames)
+        mask = self._mask_for(path, gray.shape)
         extra = {
             "label": int(self.clip_labels[fid]),
             "group": str(path),
@@ -260,30 +324,3 @@ class VideoFrameDataset(_FolderBase):
             "timestamp": float(timestamp),
         }
         return self._finish(gray, mask, extra)
-
-
-def clip_timestamps(path: str | Path) -> list[float]:
-    """Presentation timestamps (s, display order) of every frame of a clip, from packets only (no decode)."""
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"video {path} does not exist")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path} has no video stream; remove it")
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else 0.0
-            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
-    except av.FFmpegError as exc:
-        raise DataError(f"video {path} cannot be read ({exc.__class__.__name__}); re-encode or remove it") from None
-    if not pts:
-        raise DataError(f"video {path} has no frames; re-encode or remove it")
-    pts.sort()
-    if tb is None:
-        return [i / fps if fps else float(i) for i in range(len(pts))]
-    start = pts[0]
-    return [float((p - start) * tb) for p in pts]

@@ -7,13 +7,19 @@ the full dynamic range instead of a premature 8-bit quantisation.
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from usjepa_fast.errors import DataError
+
+log = logging.getLogger("usfast")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".mpeg", ".mpg", ".m4v"})
@@ -32,11 +38,29 @@ def media_kind(path: str | Path) -> str | None:
     return None
 
 
-def list_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> list[Path]:
-    """All media files under ``root`` (recursive, sorted, hidden files skipped).
+class MediaProblem(NamedTuple):
+    """An entry of an input folder that looks like media (or may hold media) but cannot be read."""
 
-    ``root`` may also be a single file. Raises :class:`DataError` if ``root`` does not exist; an
-    existing folder with no media returns ``[]`` so that callers can word the error for their context.
+    path: Path
+    reason: str  # one line, e.g. "dangling symbolic link (target /mnt/x.mp4 is missing)"
+
+
+class MediaListing(NamedTuple):
+    """What :func:`find_media` found: readable media files and the entries that cannot be read."""
+
+    files: list[Path]
+    problems: list[MediaProblem]
+
+
+def find_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> MediaListing:
+    """Media files under ``root`` (recursive, sorted, hidden entries skipped) and the unreadable entries.
+
+    ``root`` may also be a single file. Symlinked files are followed, symlinked folders are not (as
+    ``Path.rglob``). ``problems`` lists, with a reason, what would otherwise vanish silently: dangling
+    symbolic links (with a media extension of ``kinds``, or no extension: it may have been a folder),
+    symlink loops, non-regular files with a media extension (FIFO, socket, device) and sub-folders
+    that cannot be listed. Raises :class:`DataError` if ``root`` does not exist; an existing folder
+    with no media gives no files, so that callers can word the error for their context.
     """
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in _KIND_EXTENSIONS]
@@ -45,18 +69,77 @@ def list_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> l
     exts = frozenset().union(*(_KIND_EXTENSIONS[k] for k in kinds))
     root = Path(root)
     if not root.exists():
+        if root.is_symlink():
+            raise DataError(f"{root} is a dangling symbolic link (target {os.readlink(root)} is missing); fix the link")
         raise DataError(f"{root} does not exist; pass an existing file or folder")
     if root.is_file():
-        return [root] if root.suffix.lower() in exts else []
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in exts
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and not p.name.lower().endswith(_IGNORED_SUFFIXES)
-    ]
-    return sorted(found)
+        return MediaListing([root] if root.suffix.lower() in exts else [], [])
+    files: list[Path] = []
+    problems: list[MediaProblem] = []
+
+    def unlistable(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        if where != root and any(part.startswith(".") for part in where.relative_to(root).parts):
+            return
+        problems.append(MediaProblem(where, f"folder cannot be listed ({exc.__class__.__name__}: {exc.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        folder = Path(dirpath)
+        for name in filenames:
+            if name.startswith(".") or name.lower().endswith(_IGNORED_SUFFIXES):
+                continue
+            suffix = Path(name).suffix.lower()
+            path = folder / name
+            if suffix in exts:
+                why = _unreadable_reason(path)
+                if why is None:
+                    files.append(path)
+                else:
+                    problems.append(MediaProblem(path, why))
+            elif not suffix and path.is_symlink() and not path.exists():
+                problems.append(MediaProblem(path, _unreadable_reason(path) or "dangling symbolic link"))
+    return MediaListing(sorted(files), sorted(problems))
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """None for a readable regular file (or a symlink to one), else why it cannot be read."""
+    try:
+        st = path.stat()  # follows symlinks
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"dangling symbolic link (target {os.readlink(path)} is missing)"
+        return "vanished while listing"
+    except OSError as exc:  # ELOOP, EACCES on a parent, ...
+        return f"cannot be opened ({exc.__class__.__name__}: {exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (FIFO, socket or device)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+_reported: set[tuple[str, str]] = set()  # (path, reason) already logged in this process
+
+
+def log_problems(problems: Iterable[MediaProblem]) -> None:
+    """Log each unreadable entry once per process (a folder is often listed by several readers)."""
+    for problem in problems:
+        key = (str(problem.path), problem.reason)
+        if key not in _reported:
+            _reported.add(key)
+            log.warning("skipping unreadable input %s: %s", problem.path, problem.reason)
+
+
+def list_media(root: str | Path, kinds: Iterable[str] = ("image", "video")) -> list[Path]:
+    """The readable media files of :func:`find_media` (recursive, sorted, hidden files skipped).
+
+    Each unreadable entry is logged once per process (warning); callers that count or list them
+    (a job summary) use :func:`find_media` instead.
+    """
+    listing = find_media(root, kinds)
+    log_problems(listing.problems)
+    return listing.files
 
 
 def to_gray(arr: np.ndarray) -> np.ndarray:

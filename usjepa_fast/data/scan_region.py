@@ -5,15 +5,19 @@
   caliper lines so those detach, then the large connected component(s) and their convex hull (fans
   and rectangles are convex up to the shallow arc at a convex probe's skin line; the hull also fills
   anechoic cysts and shadows that are dark but inside the region). Clips: pixels whose values change
-  over time are anatomy (burned-in text and UI are static), so the temporal standard deviation is
-  combined with the mean frame before the same steps.
+  over time are anatomy (burned-in text and UI are static), so the temporal standard deviation and
+  maximum are combined with the mean frame before the same steps.
+* :func:`detect_clip_region` is the clip rule: frames spread over a clip, blank and dark ones
+  (black leads, fades, title cards) dropped, then :func:`detect_scan_region` on the rest.
 * :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking needs.
-* :class:`ScanMaskCache` stores masks as PNG next to the data (or in a cache dir) so detection runs once.
+* :class:`ScanMaskCache` stores detected masks as PNG in the cache dir so detection runs once.
+
+Which frames of a clip, and the order sidecar > cache > detection, are decided in one place:
+``usjepa_fast.data.clips.scan_mask`` (this module never decodes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +29,14 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from usjepa_fast.data.cache import cache_root, entry_name, file_key, publish
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
 
-# Bump when the detector changes so cached masks are recomputed.
-DETECTOR_VERSION = 1
+# Bump when the detector (or the clip rule) changes so cached masks are recomputed.
+# 2: clip masks from frames spread over the whole clip, blank/dark frames dropped, temporal max added.
+DETECTOR_VERSION = 2
 _WORK_SIDE = 256  # detection runs at this resolution (long side); the hull is drawn at full size
 
 
@@ -84,13 +90,14 @@ def _downsample(stack: np.ndarray) -> tuple[np.ndarray, float]:
     return x, float(factor)
 
 
-def _foreground(mean_img: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+def _foreground(mean_img: np.ndarray, motion: np.ndarray | None, peak: np.ndarray | None = None) -> np.ndarray:
     """Work-resolution boolean foreground before morphology.
 
     Intensity: the median-filtered mean frame above the display's background level (estimated, since
     some exports use dark grey rather than black) plus a margin. Clips add motion: deep, attenuated
     anatomy can be almost as dark as the background but still changes from frame to frame, while
     burned-in text and UI never change, so moving pixels are added and static bright ones removed.
+    ``peak`` (the temporal max) adds signal that only some frames show.
     """
     side = min(mean_img.shape)
     k = max(3, (side // 48) | 1)  # 5 at the 256-px working size: wider than 1-2 px strokes
@@ -120,6 +127,11 @@ def _foreground(mean_img: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
     fg |= ndimage.binary_erosion(textured, structure=_disc(max(1, k // 2)))
     if motion is None:
         return fg
+    if peak is not None:
+        # The fan's dark edges drop in and out from frame to frame (contact, attenuation): the mean
+        # misses them, the temporal max keeps them. Eroded by 2 px so the max's halo (speckle and codec
+        # ringing at the edge) does not grow the region; static UI is removed below as for the mean.
+        fg |= ndimage.binary_erosion(_foreground(peak, None), structure=_disc(2))
     mot = ndimage.median_filter(motion, size=k)
     p95 = float(np.percentile(mot, 95))
     moving = mot > max(1.0, 0.08 * p95)
@@ -154,7 +166,8 @@ def detect_scan_region(frames: np.ndarray, keep_ratio: float = 0.25) -> np.ndarr
     small, _ = _downsample(arr)  # (T, h, w)
     mean_img = small.mean(axis=0)
     motion = small.std(axis=0) if small.shape[0] >= 3 else None
-    fg = _foreground(mean_img, motion)
+    peak = small.max(axis=0) if motion is not None else None
+    fg = _foreground(mean_img, motion, peak)
 
     side = min(mean_img.shape)
     # Opening radius ~ 2.5% of the side: wider than text strokes, caliper marks and 1-2 px UI lines
@@ -183,10 +196,52 @@ def detect_scan_region(frames: np.ndarray, keep_ratio: float = 0.25) -> np.ndarr
     return out
 
 
-def _file_key(path: Path) -> str:
-    st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{DETECTOR_VERSION}"
-    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+def usable_frames(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W)`` -> the frames that show the display as it usually is: blank or flat frames (a
+    black lead-in, a uniform title card) and frames much darker than the clip's bright frames (fades
+    from black, text cards on black) are dropped; they would make static UI look like motion. Returns
+    ``(T', H, W)`` with ``T' >= 0``."""
+    orig = np.asarray(frames)
+    arr = orig
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        return arr
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) and float(arr.max(initial=0)) <= 1.0:
+        arr = arr * 255.0
+    flat = arr.reshape(arr.shape[0], -1)
+    step = max(1, flat.shape[1] // 65536)  # a strided sample of pixels is plenty for two statistics
+    sample = flat[:, ::step].astype(np.float32)
+    brightness = sample.mean(axis=1)
+    spread = sample.std(axis=1)
+    # The clip's usual level: a high percentile, so a lead-in of blank frames (even most of the
+    # samples) does not drag it down, yet one flash frame does not set it.
+    bright = float(np.percentile(brightness, 75 if len(brightness) < 8 else 90))
+    keep = (spread >= 2.0) & (brightness >= 0.5 * bright) & (brightness > 1.0)
+    return orig[keep]
+
+
+def detect_clip_region(frames: np.ndarray) -> np.ndarray:
+    """Scan region of a clip from frames ``(T, H, W)`` spread over it -> bool ``(H, W)``.
+
+    Blank and dark frames are dropped first (:func:`usable_frames`); on the rest, the temporal mean and
+    standard deviation find the region (:func:`detect_scan_region`). All-False when no frame is usable.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or min(arr.shape[1:]) < 8:
+        raise DataError(f"detect_clip_region expects (T, H, W) frames with sides >= 8, got shape {arr.shape}")
+    usable = usable_frames(arr)
+    if usable.shape[0] == 0:
+        return np.zeros(arr.shape[1:], dtype=bool)
+    return detect_scan_region(usable)
+
+
+def sidecar_mask_path(path: str | Path) -> Path:
+    """Where a provided scan mask for media ``path`` lives: ``<stem>.scanmask.png`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scanmask.png")
 
 
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
@@ -210,28 +265,29 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 
 class ScanMaskCache:
-    """Detected masks cached as PNGs keyed by (path, size, mtime, detector version).
+    """Detected masks cached as PNGs keyed by (resolved path, size, mtime, detector version).
 
-    ``cache_dir=None`` stores ``<media file>.scanmask.png`` next to the data; if that folder is
-    read-only the mask goes to ``~/.cache/usfast/scan_masks`` instead.
+    Default: ``<cache root>/scan_masks/<stem>-<key>.scanmask.png`` (``data.cache.cache_root``), never
+    in the data folder. ``beside=True`` (asked for explicitly, e.g. ``--mask-cache beside``) stores a
+    hidden ``.<stem>-<key>.scanmask.png`` next to the media file instead, falling back to the cache dir
+    when that folder is read-only.
     """
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+    def __init__(self, cache_dir: str | Path | None = None, beside: bool = False) -> None:
+        self.dir = cache_root(cache_dir) / "scan_masks"
+        self.beside = beside
         self.hits = 0
         self.misses = 0
 
     def _candidates(self, path: Path) -> list[Path]:
-        key = _file_key(path)
-        name = f"{path.stem}-{key}.scanmask.png"
-        if self.cache_dir is not None:
-            return [self.cache_dir / name]
-        return [path.with_name(f".{name}"), Path.home() / ".cache" / "usfast" / "scan_masks" / name]
+        name = entry_name(path, file_key(path, f"v{DETECTOR_VERSION}"), ".scanmask.png")
+        cached = self.dir / name
+        return [path.with_name(f".{name}"), cached] if self.beside else [cached]
 
-    def get(self, path: str | Path, frames_fn: Callable[[], np.ndarray]) -> np.ndarray:
-        """Mask for media ``path``: cached if present, else ``detect_scan_region(frames_fn())`` and stored.
+    def get(self, path: str | Path, detect: Callable[[], np.ndarray]) -> np.ndarray:
+        """Mask of media ``path``: the cached one, else ``detect()`` (a bool ``(H, W)`` mask), stored.
 
-        ``frames_fn`` returns ``(H, W)`` or ``(T, H, W)`` frames; it is only called on a cache miss.
+        ``detect`` only runs on a miss.
         """
         path = Path(path)
         if not path.exists():
@@ -244,16 +300,12 @@ class ScanMaskCache:
                     self.hits += 1
                     return mask
                 except DataError:
-                    log.warning("ignoring unreadable cached scan mask %s", c)
+                    log.debug("ignoring unreadable cached scan mask %s", c)
         self.misses += 1
-        mask = detect_scan_region(frames_fn())
+        mask = np.asarray(detect(), dtype=bool)
         for c in candidates:
-            try:
-                c.parent.mkdir(parents=True, exist_ok=True)
-                save_mask(mask, c)
+            if publish(c, lambda tmp: save_mask(mask, tmp)):
                 break
-            except OSError:
-                continue
         return mask
 
 

@@ -29,6 +29,12 @@ coherently with the tissue (with partial decorrelation per frame); clip 0 holds 
 of identical frames. Written as H.264 ``.mp4`` (yuv420p), plus one VP9 ``.webm`` and one MJPEG ``.avi``
 (the codecs DALI decodes on the CPU) when there are at least three clips. Every clip has its true scan
 mask beside it as ``<stem>.scanmask.png`` and the manifest ``clips/clips.json``.
+
+DICOM (``dicom=True``, :func:`write_dicom_set`): the way scanners export, with a Sequence of
+Ultrasound Regions whose B-mode boxes bound the true scan mask: a JPEG-baseline YBR_FULL_422 cine
+loop with an ECG-trace strip (its own, non-B-mode region), an uncompressed MONOCHROME2 cine loop with
+a Frame Time Vector and no file extension (found by its ``DICM`` preamble), and a single-frame RGB
+dual view (two B-mode panes). All carry the fake patient tags :data:`SYNTH_PATIENT`.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class SynthSummary:
     split_counts: dict[str, int]
     clip_files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    dicom_files: list[Path] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -789,6 +796,132 @@ def write_clips(
     return [out_dir / m["video"] for m in manifest]
 
 
+# --------------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------------
+
+# Fake but recognisable patient tags: privacy tests assert that none of them leaks into any output.
+SYNTH_PATIENT: dict[str, str] = {
+    "PatientName": "Synthetic^Jane^Usfast",
+    "PatientID": "USFAST-PID-0042",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "F",
+}
+_DICOM_FOV_CM = 4.0  # nominal field of view across a simulated canvas (sets PhysicalDeltaX/Y)
+
+
+def _bmode_region(mask: np.ndarray, size: int, x_offset: int = 0):  # -> UltrasoundRegion
+    """The B-mode region whose (inclusive) box bounds ``mask``."""
+    from usjepa_fast.data.dicom_regions import UNITS_CM, UltrasoundRegion
+
+    ys, xs = np.nonzero(mask)
+    delta = _DICOM_FOV_CM / size
+    return UltrasoundRegion(
+        x0=int(xs.min()) + x_offset,
+        y0=int(ys.min()),
+        x1=int(xs.max()) + x_offset,
+        y1=int(ys.max()),
+        spatial_format=1,
+        data_type=1,
+        units_x=UNITS_CM,
+        units_y=UNITS_CM,
+        delta_x=delta,
+        delta_y=delta,
+    )
+
+
+def _ecg_trace(width: int, height: int, beat_px: float) -> np.ndarray:
+    """Row of the trace at each column: a PQRST complex every ``beat_px`` columns."""
+    x = np.arange(width, dtype=np.float64)
+    phase = (x % beat_px) / beat_px
+    bump = lambda c, w, a: a * np.exp(-0.5 * ((phase - c) / w) ** 2)  # noqa: E731 - local shorthand
+    level = bump(0.2, 0.03, 0.15) - bump(0.37, 0.01, 0.15) + bump(0.4, 0.012, 1.0) - bump(0.43, 0.01, 0.25)
+    level += bump(0.65, 0.05, 0.3)
+    return (height * 0.7 - level * height * 0.55).round().astype(int)
+
+
+def _with_ecg_strip(frames: np.ndarray, strip: int) -> np.ndarray:
+    """Gray cine ``(T, S, S)`` -> RGB ``(T, S + strip, S)`` with a green ECG sweep below the image."""
+    t, h, w = frames.shape
+    out = np.zeros((t, h + strip, w, 3), dtype=np.uint8)
+    out[:, :h] = frames[..., None]
+    rows = _ecg_trace(w, strip, beat_px=w / 2.3)
+    cols = np.arange(w)
+    for i in range(t):
+        sweep = int(round((i + 1) / t * (w - 1)))
+        keep = np.abs(cols - sweep) > 2  # the erase gap that runs with the sweep
+        out[i, h + rows[keep], cols[keep]] = (40, 220, 60)
+        out[i, h + strip - 2, :, :] = 90  # baseline rule in gray
+    return out
+
+
+def write_dicom_set(
+    out_dir: str | Path, size: int = 128, seed: int = 0, n_frames: int = 16, fps: int = 20
+) -> list[Path]:
+    """Write three ultrasound DICOM objects (see the module docstring) with masks and ``dicom.json``."""
+    from usjepa_fast.data.dicom_regions import UltrasoundRegion
+    from usjepa_fast.data.dicom_write import write_us_dicom
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = []
+
+    def save(name: str, frames: np.ndarray, mask: np.ndarray, regions: list, **kwargs) -> Path:
+        path = write_us_dicom(
+            out_dir / name, frames, regions=regions, patient=SYNTH_PATIENT, uid_entropy=f"{seed}/{name}", **kwargs
+        )
+        _save_png(mask.astype(np.uint8) * 255, out_dir / f"{path.stem}.scanmask.png")
+        vector = kwargs.get("frame_time_vector_ms")
+        step = kwargs.get("frame_time_ms")
+        times = (
+            np.cumsum([0.0, *vector[1:]]) / 1000 if vector is not None else np.arange(len(frames)) * (step or 0) / 1000
+        )
+        manifest.append(
+            {
+                "file": path.name,
+                "scan_mask": f"{path.stem}.scanmask.png",
+                "frames": int(len(frames)),
+                "timestamps": [round(float(v), 6) for v in times],
+                "compression": kwargs.get("compression", "none"),
+                "regions": [[r.x0, r.y0, r.x1, r.y1, r.spatial_format, r.data_type] for r in regions],
+            }
+        )
+        return path
+
+    # 1. JPEG-baseline cine loop (fan) with an ECG strip: Frame Time + Cine Rate.
+    frames, mask, _ = render_clip(np.random.default_rng([seed, 4, 0]), 1, size, n_frames, None, "fan")
+    strip = max(16, size // 5)
+    ecg = UltrasoundRegion(0, size, size - 1, size + strip - 1, spatial_format=4, data_type=0x000A, units_x=4)
+    full_mask = np.zeros((size + strip, size), dtype=bool)
+    full_mask[:size] = mask
+    paths = [
+        save(
+            "cine_000.dcm",
+            _with_ecg_strip(frames, strip),
+            full_mask,
+            [_bmode_region(mask, size), ecg],
+            compression="jpeg",
+            frame_time_ms=1000.0 / fps,
+            cine_rate=fps,
+        )
+    ]
+    # 2. Uncompressed MONOCHROME2 cine loop (linear), variable frame timing, no file extension.
+    rng = np.random.default_rng([seed, 4, 1])
+    frames, mask, _ = render_clip(rng, 2, size, n_frames, None, "linear")
+    vector = [0.0, *np.round(rng.uniform(0.8, 1.2, n_frames - 1) * 1000.0 / fps, 1).tolist()]
+    paths.append(save("IM_0001", frames, mask, [_bmode_region(mask, size)], frame_time_vector_ms=vector))
+    # 3. Single-frame RGB dual view: two B-mode panes side by side, a coloured logo outside both.
+    rng = np.random.default_rng([seed, 4, 2])
+    (left, lmask, _), (right, rmask, _) = render_image(rng, 0, size, "fan"), render_image(rng, 3, size, "linear")
+    dual = np.repeat(np.concatenate([left, right], axis=1)[..., None], 3, axis=2)
+    dual[1 : 1 + size // 16, 1 : 1 + size // 8] = (230, 160, 20)  # vendor logo, amber
+    dual_mask = np.concatenate([lmask, rmask], axis=1)
+    regions = [_bmode_region(lmask, size), _bmode_region(rmask, size, x_offset=size)]
+    paths.append(save("dual_000.dcm", dual[None], dual_mask, regions))
+    (out_dir / "dicom.json").write_text(json.dumps(manifest, indent=1))
+    return paths
+
+
 def synthesize(
     out_dir: str | Path,
     n_images: int = 240,
@@ -798,8 +931,10 @@ def synthesize(
     clip_frames: int = 32,
     clip_size: int | None = None,
     workers: int = 1,
+    dicom: bool = False,
 ) -> SynthSummary:
-    """Write ``out_dir/ultrabench/`` (UltraBench format) and ``out_dir/clips/`` (drifting-probe videos).
+    """Write ``out_dir/ultrabench/`` (UltraBench format) and ``out_dir/clips/`` (drifting-probe videos),
+    and with ``dicom=True`` ``out_dir/dicom/`` (:func:`write_dicom_set`, clip size and frame count).
 
     Deterministic for a given ``seed`` (whatever ``workers``, the number of processes; 0 = one per
     CPU). ``image_size`` must be even (yuv420p video needs even sides).
@@ -824,6 +959,7 @@ def synthesize(
         write_ultrabench(ub, n_images, image_size, seed, workers) if n_images else {k: 0 for k in SPLIT_FRACTIONS}
     )
     clip_files = write_clips(clips, n_clips, clip_size, seed, n_frames=clip_frames, workers=workers) if n_clips else []
+    dicom_files = write_dicom_set(out_dir / "dicom", clip_size, seed, n_frames=clip_frames) if dicom else []
     counts = {c: 0 for c in CLASSES}
     for split in SPLIT_FRACTIONS:
         f = ub / f"{split}.json"
@@ -842,6 +978,7 @@ def synthesize(
         split_counts=split_counts,
         clip_files=clip_files,
         seconds=time.perf_counter() - t0,
+        dicom_files=dicom_files,
     )
     log.info("synthesized %d images and %d clips in %.1fs under %s", n_images, n_clips, summary.seconds, out_dir)
     return summary

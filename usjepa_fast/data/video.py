@@ -174,6 +174,14 @@ class PyAVDecoder:
             container.close()
 
     def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
+        for index, t, frame in self.raw_frames(path, sampling):
+            yield Frame(index=index, timestamp=t, image=_frame_to_gray(frame))
+
+    def raw_frames(
+        self, path: str | Path, sampling: FrameSampling | None = None
+    ) -> Iterator[tuple[int, float, object]]:
+        """:meth:`frames` without the numpy conversion: ``(index, timestamp, av.VideoFrame)`` of the kept
+        frames (``data.clips`` lists every frame that decodes and converts only the few it keeps)."""
         import av
 
         path = Path(path)
@@ -200,7 +208,7 @@ class PyAVDecoder:
                     if sampler.done:
                         break
                     continue
-                yield Frame(index=index, timestamp=t, image=_frame_to_gray(frame))
+                yield index, t, frame
                 if sampler.done:
                     break
         except av.FFmpegError as exc:

@@ -4,8 +4,10 @@ Every backend is a callable ``backend(x (B, 3, S, S) float32) -> (B, D) float32`
 ``backend.device``) with ``.info`` (:class:`~usjepa_fast.models.frozen.EncoderInfo`: input size,
 mean/std, pooling, width) and ``.name`` (what runs, e.g. ``onnx-cpu-fp32`` or ``torch-cuda-bf16``).
 
-``open_backend(spec, backend="auto")`` accepts a timm name, a usfast ``.safetensors``/run dir, a
-checkpoint (+ ``arch``), an ``.onnx`` export (sidecar beside it) or a TensorRT ``.engine``. For a
+``open_backend(spec, backend="auto")`` runs an ``.onnx`` export (sidecar beside it) or a TensorRT
+``.engine`` itself and opens every other spec form (timm name, ``random:SPEC``, usfast
+``.safetensors`` / run dir, checkpoint + ``arch``, ``zoo:NAME=PATH``) through the one resolver,
+:func:`usjepa_fast.models.resolve.resolve_encoder`. For a
 PyTorch-loadable spec the ONNX and TensorRT forms are produced on the fly through
 :func:`usjepa_fast.export.export_onnx` (parity-checked) and cached by the weights' hash.
 
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -170,7 +173,10 @@ class OnnxBackend:
             if "CUDAExecutionProvider" in avail:
                 gpu.append(("CUDAExecutionProvider", {"device_id": dev_id}))
             if not gpu:
-                raise BackendUnavailableError("this onnxruntime has no CUDA provider; pip install onnxruntime-gpu")
+                raise BackendUnavailableError(
+                    "this onnxruntime has no CUDA provider; pip uninstall -y onnxruntime onnxruntime-gpu && "
+                    "pip install onnxruntime-gpu (the CPU and GPU wheels cannot coexist)"
+                )
             providers = gpu + providers
         try:
             self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
@@ -335,6 +341,8 @@ def open_backend(
     pool: str | None = None,
     img_size: int | None = None,
     seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     exporter: str = "dynamo",
     cache_dir: str | Path | None = None,
     timing_batch: int = 8,
@@ -342,15 +350,19 @@ def open_backend(
     """Resolve ``spec`` into a ready backend (see the module docstring for ``auto``).
 
     ``precision``: torch ``fp32``/``bf16``/``fp16`` (autocast, GPU); for ONNX/TensorRT built on the
-    fly, the export precision (default fp32 on the CPU, fp16 for TensorRT).
+    fly, the export precision (default fp32 on the CPU, fp16 for TensorRT). ``arch`` / ``pool`` /
+    ``img_size`` / ``seed`` / ``mean`` / ``std``: as in ``resolve_encoder`` (torch-loadable specs).
     """
+    from usjepa_fast.models.resolve import parse_encoder_spec, resolve_encoder
+
     if backend not in BACKENDS:
         raise UsfastError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    path = Path(spec)
-    suffix = path.suffix.lower()
+    parsed = parse_encoder_spec(spec, arch)  # one-line errors for malformed specs before any work
+    path = parsed.path or Path(parsed.text)
+    suffix = path.suffix.lower() if parsed.form == "runtime" else ""
     if backend == "tensorrt" or suffix in (".engine", ".plan"):
         from usjepa_fast.export.tensorrt import _import_trt
 
@@ -372,9 +384,7 @@ def open_backend(
         log.info("backend: %s (%s)", b.name, path.name)
         return b
 
-    from usjepa_fast.models.frozen import load_frozen_encoder
-
-    encoder = load_frozen_encoder(spec, arch=arch, pool=pool, img_size=img_size, seed=seed)
+    encoder = resolve_encoder(parsed, arch=arch, pool=pool, img_size=img_size, seed=seed, mean=mean, std=std)
     if backend == "torch":
         b = TorchBackend(encoder, dev, precision or "fp32", compile=compile, threads=threads)
     elif backend == "onnx":

@@ -221,14 +221,17 @@ def export_onnx(
     tolerance: tuple[float, float] | None = None,
     seed: int = 0,
 ) -> ExportResult:
-    """Export ``encoder_spec`` (timm name, usfast ``.safetensors``/run dir, checkpoint + ``arch``, or a
-    loaded ``FrozenEncoder``) to ``out_path`` (``.onnx``) plus ``<stem>.json`` sidecar.
+    """Export ``encoder_spec`` (a loaded ``FrozenEncoder`` or any torch-loadable spec of
+    :func:`usjepa_fast.models.resolve.resolve_encoder`: timm name, usfast ``.safetensors`` / run dir,
+    checkpoint + ``arch``, ``zoo:NAME=PATH``, ``random:SPEC``) to ``out_path`` (``.onnx``) plus
+    ``<stem>.json`` sidecar. ``.onnx`` / ``.engine`` specs are refused in one line (see ``verify_onnx``).
 
     ``tolerance``: ``(max relative error, min cosine)``, default :data:`DEFAULT_TOLERANCE` per
     precision. Raises :class:`ExportParityError` (and writes nothing) when the ORT outputs miss it.
     """
     from usjepa_fast.kernels import use_backend
-    from usjepa_fast.models.frozen import FrozenEncoder, load_frozen_encoder
+    from usjepa_fast.models.frozen import FrozenEncoder
+    from usjepa_fast.models.resolve import resolve_encoder
 
     if precision not in DEFAULT_TOLERANCE:
         raise UsfastError(f"export precision {precision!r}; use fp32 or fp16")
@@ -250,7 +253,7 @@ def export_onnx(
             "export_onnx takes a FrozenEncoder module (see usjepa_fast.models.frozen), not a bare nn.Module"
         )
     else:
-        encoder = load_frozen_encoder(encoder_spec, arch=arch, pool=pool, img_size=img_size, seed=seed)
+        encoder = resolve_encoder(encoder_spec, arch=arch, pool=pool, img_size=img_size, seed=seed)
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in encoder.parameters()):
         encoder = copy.deepcopy(encoder).cpu().float()  # export on a CPU fp32 copy; the caller's module stays put
     encoder = encoder.eval()
@@ -354,39 +357,19 @@ def verify_onnx(
 ) -> ParityReport:
     """Re-run the ORT-vs-PyTorch comparison of an existing export (encoder from the sidecar's source
     unless ``encoder_spec`` is given)."""
-    from usjepa_fast.models.frozen import FrozenEncoder, load_frozen_encoder
+    from usjepa_fast.models.frozen import FrozenEncoder
+    from usjepa_fast.models.resolve import encoder_from_info, resolve_encoder
 
     onnx_path = Path(onnx_path)
     info, export = read_export_sidecar(sidecar_path_for(onnx_path))
     if isinstance(encoder_spec, FrozenEncoder):
         encoder = encoder_spec
     elif encoder_spec is not None:
-        encoder = load_frozen_encoder(encoder_spec, arch=arch, pool=info.pool, seed=seed)
+        encoder = resolve_encoder(encoder_spec, arch=arch, pool=info.pool, seed=seed)
     else:
-        encoder = _encoder_from_info(info)
+        encoder = encoder_from_info(info)  # the sidecar's recorded source
     reference = _ExportModule(encoder.eval().float(), "tokens" in export.get("outputs", []), half=False)
     x = torch.randn(
         batch, info.in_chans, info.input_size, info.input_size, generator=torch.Generator().manual_seed(seed)
     )
     return _parity(_ort_session(onnx_path), reference, x, "tokens" in export.get("outputs", []))
-
-
-def _encoder_from_info(info: Any) -> nn.Module:
-    """Rebuild the PyTorch encoder a sidecar describes (its weights file, or its random-init seed)."""
-    from usjepa_fast.models.frozen import load_frozen_encoder
-
-    src = Path(info.source)
-    if src.is_file():
-        has_sidecar = src.suffix == ".safetensors" and src.with_suffix(".json").is_file()
-        return load_frozen_encoder(
-            src,
-            arch=None if has_sidecar else info.timm_name,
-            pool=info.pool,
-            img_size=None if has_sidecar else info.input_size,
-        )
-    if info.source_hash.startswith("random-init:"):
-        seed = int(info.source_hash.rsplit(":", 1)[1])
-        return load_frozen_encoder(info.timm_name, pool=info.pool, img_size=info.input_size, seed=seed)
-    raise UsfastError(
-        f"the encoder source {info.source} recorded in the sidecar is gone; pass the checkpoint explicitly"
-    )

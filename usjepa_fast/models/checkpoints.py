@@ -13,6 +13,7 @@ still missing or unexpected raises :class:`CheckpointError` listing the keys.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -101,15 +102,20 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
 
 
-def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Descend through wrapper keys until a flat name -> tensor mapping is found."""
+def unwrap_state_dict(obj: Any, prefer: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Descend through wrapper keys until a flat name -> tensor mapping is found.
+
+    ``prefer``: wrapper keys tried before :data:`WRAPPER_KEYS` (a zoo entry's release layout, e.g.
+    I-JEPA's ``target_encoder`` over its online ``encoder``).
+    """
+    keys = tuple(dict.fromkeys((*prefer, *WRAPPER_KEYS)))
     path: list[str] = []
     for _ in range(4):  # wrappers nest at most a few levels in practice
         if _is_state_dict(obj):
             return dict(obj), path
         if not isinstance(obj, Mapping):
             break
-        for key in WRAPPER_KEYS:
+        for key in keys:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 path.append(key)
@@ -122,7 +128,7 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
             break
     raise CheckpointError(
         "checkpoint holds no state dict (looked under "
-        f"{', '.join(WRAPPER_KEYS)}); found keys {sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj)}"
+        f"{', '.join(keys)}); found keys {sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj)}"
     )
 
 
@@ -143,15 +149,23 @@ def _strip_prefixes(state: dict[str, torch.Tensor], model_keys: set[str]) -> tup
     return best, best_prefix
 
 
+DEFAULT_HINT = "check the architecture (--arch) and that the file is an encoder checkpoint"
+
+
 def load_state_dict_flexible(
-    model: nn.Module, source: str | Path | Mapping[str, Any], strict: bool = True
+    model: nn.Module,
+    source: str | Path | Mapping[str, Any],
+    strict: bool = True,
+    hint: str | None = None,
+    label: str | None = None,
 ) -> LoadReport:
     """Load ``source`` (path or loaded object) into ``model``, adapting the layouts above.
 
-    Raises :class:`CheckpointError` naming missing and unexpected keys when ``strict`` and the
-    checkpoint does not fit after adaptation.
+    Raises :class:`CheckpointError` naming missing, unexpected and shape-mismatched keys when
+    ``strict`` and the checkpoint does not fit after adaptation; the message names ``label`` (default:
+    the path) and ends with ``hint`` (what to do; default: check ``--arch``).
     """
-    name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
+    name = label or (str(source) if isinstance(source, (str, Path)) else "<state dict>")
     raw = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     state, wrapper_path = unwrap_state_dict(raw)
     report = LoadReport(wrapper_path=wrapper_path)
@@ -171,7 +185,10 @@ def load_state_dict_flexible(
         from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
         if isinstance(model, VisionTransformer) and "pos_embed" in state:
-            state = checkpoint_filter_fn(state, model)
+            # Another width / layout: timm's resampler cannot reshape it. Leave the keys as they
+            # are; the shape-mismatch report below names them (one line, no timm traceback).
+            with contextlib.suppress(RuntimeError, ValueError, KeyError):
+                state = checkpoint_filter_fn(state, model)
     except ImportError:  # timm is a core dependency; only a broken install gets here
         pass
 
@@ -195,8 +212,7 @@ def load_state_dict_flexible(
         if shape_mismatch:
             parts.append(f"shape mismatch: {_few(shape_mismatch)}")
         raise CheckpointError(
-            f"checkpoint {name} does not fit {model.__class__.__name__} ({'; '.join(parts)}); "
-            "check the architecture (--arch) and that the file is an encoder checkpoint"
+            f"checkpoint {name} does not fit {model.__class__.__name__} ({'; '.join(parts)}); {hint or DEFAULT_HINT}"
         )
     ok = {k: v for k, v in state.items() if k in model_state and model_state[k].shape == v.shape}
     model.load_state_dict(ok, strict=False)

@@ -125,6 +125,8 @@ def create(name: str, **overrides: Any) -> nn.Module:
     grid = tuple(cfg.grid) if cfg.grid is not None else (cfg.img_size // cfg.patch_size,) * 2
     if name == "teacher_vit_base_urfm" and not cfg.weights:
         raise UsfastError("teacher_vit_base_urfm needs weights=<path to the URFM checkpoint> (nothing is downloaded)")
+    if name == "teacher_vit_base_urfm":  # one source of truth for URFM's layout and normalisation: the zoo
+        return frozen_teacher(f"zoo:URFM={cfg.weights}", None, grid, bf16=cfg.bf16)  # type: ignore[arg-type]
     spec = cfg.weights or cfg.timm_name
     arch = cfg.timm_name if cfg.weights else None
     return frozen_teacher(spec, arch, grid, bf16=cfg.bf16)  # type: ignore[arg-type]

@@ -6,11 +6,14 @@ the teacher's patch size differs, resizes the image so that the teacher's token 
 student's (target indices must address the same patches in both).
 
 Two kinds:
-- frozen (SALT, US-JEPA): any timm ViT by name plus a local checkpoint, or a usfast export-ready
-  ``.safetensors`` (e.g. the stage-1 pixel teacher) — loaded through
-  :func:`usjepa_fast.models.frozen.load_frozen_encoder`; ``eval()``, no grad, optional bf16.
+- frozen (SALT, US-JEPA): any torch-loadable encoder spec -- a usfast run dir / export-ready
+  ``.safetensors`` (e.g. the stage-1 pixel teacher, always read through its sidecar), ``zoo:URFM=PATH``
+  (the zoo entry's normalisation), a raw checkpoint + timm ``arch`` (normalisation: ``mean``/``std``
+  or timm's default), a timm name or ``random:SPEC`` (ablations) -- opened by
+  :func:`usjepa_fast.models.resolve.resolve_encoder`; ``eval()``, no grad, optional bf16.
 - EMA (I-JEPA online teacher, the RQ1 baseline): a copy of the student updated as
-  ``t = m * t + (1 - m) * s`` after every optimizer step, momentum scheduled 0.996 -> 1.0.
+  ``t = m * t + (1 - m) * s`` after every optimizer step, momentum scheduled 0.996 -> 1.0; it runs
+  under the trainer's precision (``bf16`` = ``run.precision``), like the student it tracks.
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from usjepa_fast.errors import UsfastError
-from usjepa_fast.models.frozen import FrozenEncoder, load_frozen_encoder
+from usjepa_fast.models.frozen import EncoderInfo, FrozenEncoder
+from usjepa_fast.models.resolve import describe_encoder, parse_encoder_spec, resolve_encoder
 from usjepa_fast.models.vit import VisionTransformer
 
 log = logging.getLogger("usfast")
 
 
 class Teacher(nn.Module):
-    """Full-image token embedder: forward(x (B, 3, S, S) student-normalised) -> (B, N, Dt)."""
+    """Full-image token embedder: forward(x (B, 3, S, S) student-normalised) -> (B, N, Dt).
+
+    ``bf16``: the encoder runs under bf16 autocast when True and in fp32 when False, whatever
+    autocast the caller is in (the frozen teacher's precision is its own config key, the EMA
+    teacher's is the trainer's).
+    """
 
     def __init__(
         self,
@@ -44,6 +52,7 @@ class Teacher(nn.Module):
         source: str,
         bf16: bool = False,
         trainable_copy: bool = False,
+        info: EncoderInfo | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -52,6 +61,7 @@ class Teacher(nn.Module):
         self.source = source
         self.bf16 = bf16
         self.is_ema = trainable_copy
+        self.info = info  # the frozen encoder's description (None for the EMA copy)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_mean", self.mean.clone(), persistent=False)
@@ -94,41 +104,89 @@ class Teacher(nn.Module):
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - momentum)
 
 
+_NORMALISATION_ORIGIN = {
+    "usfast": "its sidecar",
+    "zoo": "the zoo entry",
+    "checkpoint": "timm's default for the arch (set teacher.mean / teacher.std if it was trained otherwise)",
+    "timm": "timm's default",
+}
+
+
 def frozen_teacher(
     spec: str,
     arch: str | None,
     grid: tuple[int, int],
     bf16: bool = False,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    student_patch: int = 16,
 ) -> Teacher:
     """Load a frozen SALT teacher whose token grid matches the student's ``grid``.
 
-    ``spec``: a usfast ``.safetensors`` (sidecar beside it), a run directory, a checkpoint path
-    with ``arch`` (timm name, e.g. ``vit_base_patch16_224`` for URFM), or a timm name (random
-    init, for ablations only).
+    ``spec``: any torch-loadable spec of :mod:`usjepa_fast.models.resolve` -- a usfast run directory
+    or ``.safetensors`` (read through its sidecar; an ``arch`` equal to the sidecar's is fine),
+    ``zoo:URFM=PATH``, a checkpoint path with ``arch`` (timm name, e.g. ``vit_base_patch16_224`` for
+    URFM), a timm name or ``random:SPEC`` (random init, for ablations only). ``mean``/``std``
+    replace the declared normalisation; ``student_patch`` only words the grid-mismatch error.
     """
-    probe = load_frozen_encoder(spec, arch=arch)
-    patch = probe.info.patch_size
+    parsed = parse_encoder_spec(spec, arch)
+    if parsed.form == "runtime":
+        raise UsfastError(
+            f"teacher {spec} is an ONNX / TensorRT file; SALT needs the PyTorch teacher's patch tokens: pass the "
+            "checkpoint or run dir it was exported from"
+        )
+    declared = describe_encoder(parsed, arch=arch, mean=mean, std=std)  # meta device: no weights read yet
+    patch = declared.patch_size
     want = grid[0] * patch
-    encoder = probe
-    if probe.info.input_size != want:
-        if arch is None and Path(spec).exists():
+    base = parsed.base if parsed.form == "random" and parsed.base is not None else parsed
+    img_size = None
+    if declared.input_size != want:
+        trained_usfast = parsed.form == "usfast" or (
+            parsed.form == "zoo" and parsed.entry is not None and parsed.entry.loader == "usfast"
+        )
+        if trained_usfast:  # our own export: resampling its position embeddings would change its features
+            side = declared.input_size // patch
             raise UsfastError(
-                f"teacher {spec} takes {probe.info.input_size}px inputs ({probe.info.input_size // patch} patches a "
-                f"side) but the student grid is {grid[0]}; set student.img_size={probe.info.input_size // patch * 16}"
-                " or export the teacher at the student's grid"
+                f"teacher {spec} takes {declared.input_size}px inputs ({side} patches a side) but the student grid is "
+                f"{grid[0]}; set data.image_size={side * student_patch} (model.patch_size {student_patch}) or train "
+                "the teacher at the student's grid"
             )
-        # A raw checkpoint or a timm name: rebuild at the student's grid (pos_embed resampled by
-        # the loader; a timm name is re-created at that size).
-        encoder = load_frozen_encoder(spec, arch=arch, img_size=want)
+        # A raw checkpoint, a zoo entry, a timm name or a random init: built at the student's grid
+        # (position embeddings resampled by the loader).
+        img_size = want
+        log.info("teacher %s: position embeddings resampled from %dpx to %dpx", spec, declared.input_size, want)
+    encoder = resolve_encoder(parsed, arch=arch, img_size=img_size, mean=mean, std=std)
     info = encoder.info
     if info.num_prefix_tokens and info.pool == "cls":
         log.info("teacher %s: class token dropped, SALT targets are patch tokens", spec)
-    log.info("teacher %s: width %d, input %dpx, patch %d", spec, info.width, want, patch)
-    return Teacher(encoder, info.width, info.mean, info.std, want, str(spec), bf16=bf16)
+    origin = "teacher.mean / teacher.std" if mean is not None or std is not None else _NORMALISATION_ORIGIN[base.form]
+    log.info(
+        "teacher %s (%s %s): width %d, input %dpx, patch %d, normalisation mean=%s std=%s (from %s), %s",
+        spec,
+        parsed.form,
+        info.timm_name,
+        info.width,
+        want,
+        patch,
+        _fmt(info.mean),
+        _fmt(info.std),
+        origin,
+        "bf16 autocast" if bf16 else "fp32",
+    )
+    return Teacher(encoder, info.width, info.mean, info.std, want, info.source, bf16=bf16, info=info)
 
 
-def ema_teacher(student: VisionTransformer, mean: Sequence[float], std: Sequence[float]) -> Teacher:
-    """I-JEPA target encoder: a copy of the student (same width, grid, normalisation)."""
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def ema_teacher(student: VisionTransformer, mean: Sequence[float], std: Sequence[float], bf16: bool = False) -> Teacher:
+    """I-JEPA target encoder: a copy of the student (same width, grid, normalisation).
+
+    ``bf16``: the trainer's precision (``run.precision``): the target encoder runs as the student does,
+    so the SALT-vs-EMA compute comparison measures the objective, not a precision difference.
+    """
     target = copy.deepcopy(student)
     side = student.grid[0] * student.patch_embed.patch_size[0]
-    return Teacher(target, student.embed_dim, mean, std, side, "ema", bf16=False, trainable_copy=True)
+    return Teacher(target, student.embed_dim, mean, std, side, "ema", bf16=bf16, trainable_copy=True)

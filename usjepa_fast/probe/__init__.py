@@ -6,8 +6,9 @@ baseline): features are computed once per (encoder, dataset split) and cached
 paper's preset and a batched lr x wd sweep); metrics match scikit-learn
 (:mod:`~usjepa_fast.probe.metrics`); stratified label budgets (:mod:`~usjepa_fast.probe.fewshot`);
 ultrasound corruptions on tensors (:mod:`~usjepa_fast.probe.corruptions`); tables / plots for
-several encoders x tasks (:mod:`~usjepa_fast.probe.compare`, :mod:`~usjepa_fast.probe.plots`); the
-paper's baselines and how they load (:mod:`~usjepa_fast.probe.zoo`).
+several encoders x tasks (:mod:`~usjepa_fast.probe.compare`, :mod:`~usjepa_fast.probe.plots`). The
+paper's baselines and how they load live in :mod:`usjepa_fast.models.zoo` (spec ``zoo:NAME=PATH``);
+``ZOO`` is re-exported here for compatibility.
 
 One call for a demo::
 
@@ -16,13 +17,13 @@ One call for a demo::
                  names=["SALT student", "random init"])
 """
 
+from usjepa_fast.models.zoo import ZOO
 from usjepa_fast.probe.compare import CompareReport, EvalConfig, TaskResult, compare, evaluate_task, probe_report
 from usjepa_fast.probe.corruptions import CORRUPTIONS, PAPER_CORRUPTIONS, SEVERITIES, corrupt, save_corruption_grids
 from usjepa_fast.probe.features import FeatureCache, dataset_features, open_encoder, task_features
 from usjepa_fast.probe.fewshot import PAPER_FRACTIONS, fewshot_indices
 from usjepa_fast.probe.linear import PaperConfig, SweepConfig, train_paper, train_probe, train_sweep
 from usjepa_fast.probe.metrics import classification_report, mean_std
-from usjepa_fast.probe.zoo import ZOO, load_zoo_encoder
 
 __all__ = [
     "CORRUPTIONS",
@@ -42,7 +43,6 @@ __all__ = [
     "dataset_features",
     "evaluate_task",
     "fewshot_indices",
-    "load_zoo_encoder",
     "mean_std",
     "open_encoder",
     "probe_report",

@@ -11,12 +11,12 @@ resolved dataset root, the split and every item's (path, label, size, mtime). An
 probe preset, seeds, few-shot budget -- reuses the same cached features, so an encoder runs over a
 split exactly once (tested by counting forward calls). Files are written atomically (temp + rename).
 
-Encoders: a spec string/path (timm name, usfast ``.safetensors``, checkpoint + ``arch``) loads
-through ``models.frozen.load_frozen_encoder`` and runs in torch; ``.onnx`` / ``.engine`` / ``.plan``
-files go through ``embed.backends.open_backend``. An already-built object with ``info`` and
-``__call__((B, 3, S, S)) -> (B, D)`` is used as is (tests, notebooks); ``zoo:NAME=PATH`` loads a
-paper baseline through :mod:`usjepa_fast.probe.zoo`; ``random:SPEC`` is a random initialisation of
-SPEC's architecture (same input size / normalisation / pooling), the "what did pretraining buy" row.
+Encoders: every spec form (timm name, usfast ``.safetensors`` / run dir, checkpoint + ``arch``,
+``zoo:NAME=PATH`` paper baselines, ``random:SPEC[@seed]`` -- a random initialisation of SPEC's
+architecture with its input size / normalisation / pooling, the "what did pretraining buy" row --
+and ``.onnx`` / ``.engine`` files) opens through ``embed.backends.open_backend``, which hands the
+torch-loadable ones to the one resolver, ``models.resolve.resolve_encoder``. An already-built
+object with ``info`` and ``__call__((B, 3, S, S)) -> (B, D)`` is used as is (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from usjepa_fast.errors import DataError, UsfastError
 log = logging.getLogger("usfast")
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-BACKEND_SUFFIXES = (".onnx", ".engine", ".plan")
 
 
 def default_cache_dir() -> Path:
@@ -96,7 +95,14 @@ def open_encoder(
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> Encoder:
-    """Resolve ``spec`` (see module doc) into an :class:`Encoder` on ``device`` (CUDA if present)."""
+    """Open ``spec`` (see module doc) as an :class:`Encoder` on ``device`` (CUDA if present).
+
+    A thin wrapper over :func:`usjepa_fast.embed.backends.open_backend`, so probe, robustness and
+    compare take every spec form and choose backends in one place. ``backend="auto"`` here is the
+    spec's own runtime -- PyTorch for torch-loadable specs, ONNX Runtime / TensorRT for ``.onnx`` /
+    ``.engine`` files -- because features are computed once and cached: an on-the-fly ONNX export
+    (what embed's CPU ``auto`` may do) would cost more than it saves.
+    """
     if isinstance(spec, Encoder):
         return spec
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,51 +113,13 @@ def open_encoder(
         if isinstance(spec, torch.nn.Module):
             spec = spec.to(dev).eval()
         return Encoder(fn=spec, info=info, device=dev, name=str(getattr(info, "name", type(spec).__name__)))
-    from usjepa_fast.probe.zoo import load_zoo_encoder, parse_zoo_spec
+    from usjepa_fast.embed.backends import open_backend
+    from usjepa_fast.models.resolve import parse_encoder_spec
 
-    if str(spec).startswith("random:"):  # random-init baseline of the same architecture as a checkpoint
-        model = random_init_like(str(spec)[len("random:") :], seed=seed, arch=arch, pool=pool).to(dev).eval()
-        return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
-    zoo = parse_zoo_spec(str(spec))
-    if zoo is not None:
-        model = load_zoo_encoder(*zoo).to(dev).eval()
-        return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
-    path = Path(spec)
-    if path.suffix in BACKEND_SUFFIXES or backend not in ("auto", "torch"):
-        try:
-            from usjepa_fast.embed.backends import open_backend
-        except ImportError:
-            raise UsfastError(
-                f"{spec}: ONNX / TensorRT encoders need usjepa_fast.embed.backends, which is not installed here"
-            ) from None
-        be = open_backend(str(spec), backend=backend, device=dev, arch=arch, pool=pool, seed=seed)
-        return Encoder(fn=be, info=be.info, device=dev, name=str(getattr(be.info, "name", path.stem)))
-    from usjepa_fast.models.frozen import load_frozen_encoder
-
-    model = load_frozen_encoder(spec, arch=arch, pool=pool, seed=seed).to(dev).eval()
-    return Encoder(fn=model, info=model.info, device=dev, name=str(model.info.name))
-
-
-def random_init_like(spec: str | Path, seed: int = 0, arch: str | None = None, pool: str | None = None) -> Any:
-    """A randomly initialised ``FrozenEncoder`` with the same architecture / input size / normalisation
-    / pooling as ``spec`` (the baseline that shows what pretraining bought). Weights come from
-    ``torch.manual_seed(seed)`` and timm's own init; nothing is loaded from ``spec`` but its sidecar."""
-    import dataclasses
-
-    from usjepa_fast.models.frozen import FrozenEncoder, build_timm_model, load_frozen_encoder
-
-    info = load_frozen_encoder(spec, arch=arch, pool=pool).info
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = build_timm_model(info.timm_name, info.timm_kwargs)
-    kwargs = json.dumps(info.timm_kwargs, sort_keys=True, default=str)
-    new = dataclasses.replace(
-        info,
-        name=f"random-init {info.name}",
-        source=f"random-init:{info.source}",
-        source_hash=f"random-init:{info.timm_name}:{hashlib.sha256(kwargs.encode()).hexdigest()[:12]}:{seed}",
-    )
-    return FrozenEncoder(model, new)
+    if backend == "auto" and parse_encoder_spec(spec, arch).form != "runtime":
+        backend = "torch"
+    be = open_backend(str(spec), backend=backend, device=dev, arch=arch, pool=pool, seed=seed)
+    return Encoder(fn=be, info=be.info, device=be.device, name=str(be.info.name))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,10 +57,19 @@ class ModelSection:
 class TeacherConfig:
     """SALT teacher (objective=salt) or EMA settings (objective=ema)."""
 
-    spec: str = ""  # usfast .safetensors / run dir / checkpoint file (+arch) / timm name (random init)
-    arch: str | None = None  # timm architecture of a raw checkpoint, e.g. vit_base_patch16_224 for URFM
+    # usfast run dir / .safetensors (read through its sidecar), zoo:NAME=PATH (e.g. zoo:URFM=urfm.pth: the
+    # zoo entry's layout and normalisation), checkpoint file (+arch), timm name or random:SPEC (ablations)
+    spec: str = ""
+    # timm architecture of a raw checkpoint, e.g. vit_base_patch16_224 for URFM; for run dirs and zoo:
+    # specs it must agree with their own architecture (or be null)
+    arch: str | None = None
+    # teacher input normalisation (0-1 pixel scale); None = what the encoder declares (sidecar, zoo
+    # entry, else timm's default for arch): set it for a raw checkpoint trained with other statistics
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     bf16: bool = True  # run the frozen teacher in bf16 autocast (targets are layer-normed anyway)
-    ema_momentum: tuple[float, float] = (0.996, 1.0)  # EMA mode: momentum ramps linearly (I-JEPA)
+    # EMA mode: momentum ramps linearly (I-JEPA); the target encoder runs under run.precision, as the student
+    ema_momentum: tuple[float, float] = (0.996, 1.0)
 
 
 @dataclass

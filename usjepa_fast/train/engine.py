@@ -243,8 +243,8 @@ class Trainer:
             raise ConfigError("optim.steps and optim.grad_accum must be >= 1")
         if cfg.objective.kind == "salt" and not cfg.teacher.spec:
             raise ConfigError(
-                "objective.kind=salt needs teacher.spec (a .safetensors / checkpoint + teacher.arch / timm name); "
-                "train one with objective.kind=pixel first"
+                "objective.kind=salt needs teacher.spec (a run dir / .safetensors, zoo:URFM=PATH, a checkpoint + "
+                "teacher.arch, or a timm name); train one with objective.kind=pixel first"
             )
 
     def _seed_process(self, seed: int) -> None:
@@ -268,11 +268,15 @@ class Trainer:
         teacher: Teacher | None = None
         kind = cfg.objective.kind
         if kind == "salt":
-            teacher = frozen_teacher(cfg.teacher.spec, cfg.teacher.arch, self.grid, bf16=cfg.teacher.bf16)
+            t = cfg.teacher
+            teacher = frozen_teacher(
+                t.spec, t.arch, self.grid, bf16=t.bf16, mean=t.mean, std=t.std, student_patch=m.patch_size
+            )
             teacher.set_input_normalisation(cfg.data.mean, cfg.data.std)
             out_dim = teacher.width
         elif kind == "ema":
-            teacher = ema_teacher(student, cfg.data.mean, cfg.data.std)
+            # the target encoder runs under the trainer's precision (run.precision), as the student does
+            teacher = ema_teacher(student, cfg.data.mean, cfg.data.std, bf16=self.use_bf16)
             out_dim = student.embed_dim
         else:
             out_dim = pixel_target_dim(m.patch_size, cfg.objective.pixel_pool)

@@ -3,30 +3,30 @@
 Every entry states the architecture, the timm model that rebuilds it (when timm has one), the key
 remapping from the authors' release format, the normalisation and input size, and the pooling used
 for the linear probe. Entries whose architecture timm does not cover (SAMUS, EchoCare, USFM) say so
-and :func:`load_zoo_encoder` raises a one-line :class:`UsfastError` for them instead of building a
-look-alike model that would silently give wrong numbers.
+and the resolver raises a one-line :class:`UsfastError` for them instead of building a look-alike
+model that would silently give wrong numbers.
 
-Use from the CLI as an encoder spec ``zoo:<NAME>=<checkpoint path>``, e.g.
-``zoo:DINOv3=/ckpt/dinov3_vitb16_pretrain_lvd1689m.pth``. Key remaps were written against the
-public release layouts named in ``release_format``; they are exercised in tests on synthetic state
-dicts in those layouts (no real weights are available offline), so treat the first load of a real
-checkpoint as the check -- a layout mismatch fails loudly with the missing/unexpected keys.
+This module only *declares*; loading is :func:`usjepa_fast.models.resolve.resolve_encoder` with the
+spec ``zoo:<NAME>=<checkpoint path>`` (every command that takes an encoder, and ``teacher.spec``),
+e.g. ``zoo:DINOv3=/ckpt/dinov3_vitb16_pretrain_lvd1689m.pth``; unwrapping is
+:func:`usjepa_fast.models.checkpoints.unwrap_state_dict` with the entry's ``wrapper_keys`` first.
+Key remaps were written against the public release layouts named in ``release_format``; they are
+exercised in tests on synthetic state dicts in those layouts (no real weights are available
+offline), so treat the first load of a real checkpoint as the check -- a layout mismatch fails
+loudly with the missing/unexpected keys.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from usjepa_fast.errors import CheckpointError, UsfastError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from usjepa_fast.errors import UsfastError
+from usjepa_fast.models.checkpoints import unwrap_state_dict
+from usjepa_fast.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,12 @@ class ZooEntry:
     pool: str  # "mean" of patch tokens or "cls"
     release_format: str  # the checkpoint layout the remapping expects
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    wrapper_keys: tuple[str, ...] = ()  # nested dict keys to descend into, first present wins
+    wrapper_keys: tuple[str, ...] = ()  # nested dict keys tried first (then the generic ones), first present wins
     strip_prefixes: tuple[str, ...] = ()  # key prefixes removed (after unwrapping)
     drop_prefixes: tuple[str, ...] = ()  # keys dropped (decoders, heads, predictors)
     rename: tuple[tuple[str, str], ...] = ()  # regex substitutions applied to every key, in order
     timm_filter: str | None = None  # "module:function" timm checkpoint filter applied last
-    loader: str = "timm"  # "timm", "usfast" (models.frozen sidecar checkpoints) or "unsupported"
+    loader: str = "timm"  # "timm", "usfast" (sidecar checkpoints, read like any usfast export) or "unsupported"
     notes: str = ""
 
     @property
@@ -161,9 +161,10 @@ ZOO: dict[str, ZooEntry] = {
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             pool="mean",
-            release_format="plain / {'model'} / {'state_dict'} ViT-B/16 state dict, 'module.' prefixes",
+            release_format="MAE ViT-B/16: {'ema_state_dict'} / {'model'} / {'state_dict'} / plain, 'module.' prefixes",
             timm_kwargs={"num_classes": 0, "global_pool": "avg", "fc_norm": False},
-            wrapper_keys=("model", "state_dict", "teacher"),
+            # the EMA encoder is the one a SALT teacher uses (registry.teacher_vit_base_urfm agrees)
+            wrapper_keys=("ema_state_dict", "model", "state_dict", "teacher"),
             strip_prefixes=("module.", "encoder.", "backbone."),
             drop_prefixes=("decoder_", "decoder.", "mask_token", "head."),
         ),
@@ -200,25 +201,9 @@ def zoo_entry(name: str) -> ZooEntry:
     raise UsfastError(f"'{name}' is not in the model zoo; choose from {', '.join(ZOO)}")
 
 
-def _unwrap(obj: Any, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    for _ in range(3):
-        if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-            return obj
-        if not isinstance(obj, dict):
-            break
-        nxt = next((obj[k] for k in keys if isinstance(obj.get(k), dict)), None)
-        if nxt is None:
-            tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
-            if tensors:
-                return tensors
-            break
-        obj = nxt
-    raise CheckpointError(f"no state dict found (looked under {list(keys) or 'top level'})")
-
-
 def remap_state_dict(entry: ZooEntry, state: Any) -> dict[str, torch.Tensor]:
     """Release-format state (possibly wrapped) -> keys of ``entry``'s timm model (before timm's filter)."""
-    sd = _unwrap(state, entry.wrapper_keys)
+    sd, _ = unwrap_state_dict(state, prefer=entry.wrapper_keys)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         for prefix in entry.strip_prefixes:
@@ -230,55 +215,6 @@ def remap_state_dict(entry: ZooEntry, state: Any) -> dict[str, torch.Tensor]:
             continue
         out[key] = value
     return out
-
-
-def build_zoo_model(entry: ZooEntry) -> torch.nn.Module:
-    """The randomly initialised timm module for ``entry`` (weights come from the checkpoint)."""
-    if not entry.supported or entry.timm_name is None:
-        raise UsfastError(f"{entry.name}: {entry.notes or 'architecture not covered by timm'}")
-    import timm
-
-    return timm.create_model(entry.timm_name, pretrained=False, **entry.timm_kwargs)
-
-
-def load_zoo_encoder(name: str | ZooEntry, checkpoint: str | Path) -> Any:
-    """A ``models.frozen.FrozenEncoder`` for zoo model ``name`` (or an entry) from a local ``checkpoint``."""
-    from usjepa_fast.models.checkpoints import file_sha256, load_state_dict_flexible, read_checkpoint
-    from usjepa_fast.models.frozen import EncoderInfo, FrozenEncoder, load_frozen_encoder
-
-    entry = name if isinstance(name, ZooEntry) else zoo_entry(name)
-    if not entry.supported:
-        raise UsfastError(
-            f"{entry.name} ({entry.architecture}) cannot be loaded by usfast: {entry.notes} "
-            "Embed it with the authors' code and pass the features directory instead"
-        )
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UsfastError(f"{entry.name} checkpoint {path} does not exist; pass the local weights file")
-    if entry.loader == "usfast":
-        return load_frozen_encoder(path)
-    model = build_zoo_model(entry)
-    state = remap_state_dict(entry, read_checkpoint(path))
-    if entry.timm_filter:
-        module_name, fn_name = entry.timm_filter.split(":")
-        state = getattr(importlib.import_module(module_name), fn_name)(state, model)
-    load_state_dict_flexible(model, state)
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (16, 16))
-    info = EncoderInfo(
-        name=entry.name,
-        input_size=entry.input_size,
-        mean=entry.mean,
-        std=entry.std,
-        pool=entry.pool,
-        width=int(getattr(model, "num_features", 0)),
-        patch_size=int(patch[0]),
-        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
-        source=str(path),
-        source_hash=file_sha256(path),
-        timm_name=entry.timm_name or "",
-        timm_kwargs=dict(entry.timm_kwargs),
-    )
-    return FrozenEncoder(model, info)
 
 
 def parse_zoo_spec(spec: str) -> tuple[str, str] | None:

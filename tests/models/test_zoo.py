@@ -9,7 +9,8 @@ import timm
 import torch
 
 from usjepa_fast.errors import UsfastError
-from usjepa_fast.probe.zoo import ZOO, load_zoo_encoder, parse_zoo_spec, remap_state_dict, zoo_table
+from usjepa_fast.models.resolve import EncoderSpec, resolve_encoder
+from usjepa_fast.models.zoo import ZOO, parse_zoo_spec, remap_state_dict, zoo_table
 
 PAPER_BASELINES = ("DINOv3", "I-JEPA", "UltraSAM", "SAMUS", "EchoCare", "USF-MAE", "USFM", "URFM")
 TINY = {"img_size": 32, "num_classes": 0, "class_token": False, "global_pool": "avg", "fc_norm": False}
@@ -32,7 +33,7 @@ def test_uncovered_architectures_refuse_with_a_clear_error(name: str, tmp_path) 
     ckpt = tmp_path / "w.pth"
     torch.save({"x": torch.zeros(1)}, ckpt)
     with pytest.raises(UsfastError, match=name):
-        load_zoo_encoder(name, ckpt)
+        resolve_encoder(f"zoo:{name}={ckpt}")
 
 
 def test_ijepa_release_layout_loads(tmp_path) -> None:
@@ -49,7 +50,7 @@ def test_ijepa_release_layout_loads(tmp_path) -> None:
         ckpt,
     )
     entry = dataclasses.replace(ZOO["I-JEPA"], timm_name="vit_tiny_patch16_224", timm_kwargs=TINY, input_size=32)
-    enc = load_zoo_encoder(entry, ckpt)
+    enc = resolve_encoder(EncoderSpec.for_zoo(entry, ckpt))
     # the EMA target encoder (not the online one) was loaded
     key = "blocks.0.attn.qkv.weight"
     torch.testing.assert_close(enc.model.state_dict()[key], src.state_dict()[key])
@@ -73,7 +74,7 @@ def test_mae_release_layout_drops_decoder(tmp_path) -> None:
     assert not any(k.startswith(("decoder", "mask_token")) for k in remapped)
     ckpt = tmp_path / "usf_mae.pth"
     torch.save({"model": state}, ckpt)
-    assert load_zoo_encoder(entry, ckpt)(torch.rand(1, 3, 32, 32)).shape == (1, 192)
+    assert resolve_encoder(EncoderSpec.for_zoo(entry, ckpt))(torch.rand(1, 3, 32, 32)).shape == (1, 192)
 
 
 def test_zoo_spec_parsing() -> None:
@@ -82,4 +83,4 @@ def test_zoo_spec_parsing() -> None:
     with pytest.raises(UsfastError):
         parse_zoo_spec("zoo:DINOv3")
     with pytest.raises(UsfastError, match="not in the model zoo"):
-        load_zoo_encoder("NotAModel", "/nonexistent")
+        resolve_encoder("zoo:NotAModel=/nonexistent")
