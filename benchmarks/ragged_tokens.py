@@ -345,7 +345,18 @@ def salt_steps(
     # Block sizes are drawn per batch, so token counts swing from step to step: the figures are
     # sums over the same timed steps (the same draws for both modes), not medians of one and means
     # of the other.
-    out = {}
+    # The frozen teacher's forward is the part of a step that does not grow with the kept tokens:
+    # its share of the truncated step bounds what any layout can do for the time per real token.
+    tr = trainers["truncate"]
+    images_batch = images[:batch]
+    with torch.no_grad():
+        tr.targets(images_batch)
+        teacher_times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            tr.targets(images_batch)
+            teacher_times.append(time.perf_counter() - t)
+    out = {"teacher_fwd_s": float(np.median(teacher_times))}
     for mode, tr in trainers.items():
         tr.close()
         out[mode] = dict(
@@ -357,6 +368,10 @@ def salt_steps(
     out["ragged_step_time_ratio"] = r["step_s"] / t["step_s"]
     out["real_token_ratio"] = r["context_tokens"] / t["context_tokens"]
     out["time_per_real_token_ratio"] = out["ragged_step_time_ratio"] / out["real_token_ratio"]
+    share = min(1.0, out["teacher_fwd_s"] / t["step_s"])
+    out["teacher_share_truncated"] = share
+    # If everything but the teacher cost exactly its token count, the ratio would be this:
+    out["proportional_time_per_token_ratio"] = share / out["real_token_ratio"] + (1.0 - share)
     return out
 
 
@@ -446,7 +461,9 @@ def main() -> None:
                          f"{1e3 * r['step_s'] / r['context_tokens']:>10.3f}")  # fmt: skip
         lines.append(
             f"{name:<20}ragged/truncated: step time {s['ragged_step_time_ratio']:.3f}, real context tokens "
-            f"{s['real_token_ratio']:.2f}x, time per real token {s['time_per_real_token_ratio']:.3f}"
+            f"{s['real_token_ratio']:.2f}x, time per real token {s['time_per_real_token_ratio']:.3f} (teacher fwd "
+            f"{s['teacher_fwd_s']:.2f} s = {100 * s['teacher_share_truncated']:.0f}% of the truncated step: "
+            f"token-proportional cost would give {s['proportional_time_per_token_ratio']:.3f})"
         )
     figures = {
         "context_kept_fraction_usrc": round(u["none"]["context_kept_fraction"], 4),

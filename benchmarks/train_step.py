@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from _machine import machine_header  # benchmarks/_machine.py (the script's folder is on sys.path)
+
 PRESETS = {
     # CPU: ViT-Ti-ish student and teacher at 224/16 (196 tokens), small predictor.
     "cpu": dict(
@@ -213,6 +215,7 @@ def main() -> None:
     combos = [("both", False), ("gathered", False), ("masked", False), ("ragged", False)]
     if not args.no_compile:
         combos += [("gathered", True), ("masked", True)]
+    header = machine_header()  # CPU flags and the load average at the start
     rows = {}
     for variant, compiled in combos:
         cmd = [
@@ -273,6 +276,7 @@ def main() -> None:
             }
         )
     lines = [
+        *header,
         f"# train_step benchmark, preset {preset} on {g['device']} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores shared with other engineers' jobs: CPU timings are contended)",
         f"# batch {g['batch']}, context keeps {g['kept_tokens']} of {g['all_tokens']} tokens; median of {args.steps} "
