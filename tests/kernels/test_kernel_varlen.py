@@ -21,14 +21,12 @@ import torch.nn.functional as F
 from usjepa_fast.errors import UsfastError
 from usjepa_fast.kernels import (
     VarlenLayout,
-    dispatch,
     salt_smooth_l1,
     set_backend,
     smooth_l1_reference,
     varlen_attention,
     varlen_attention_reference,
 )
-from usjepa_fast.kernels import attention as attention_mod
 from usjepa_fast.kernels.attention_triton import triton_varlen_attention
 
 TOL = {torch.float64: 2e-5, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -136,50 +134,6 @@ def test_reference_pads_get_zero_gradient_and_match_each_sequence() -> None:
     res.backward(torch.randn_like(res))
     for t in padded:
         assert torch.all(t.grad[1, :, 1:] == 0) and torch.all(t.grad[0, :, 5:] == 0)
-
-
-class _Spy:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import usjepa_fast.kernels.attention_triton as at
-
-        self.calls: list[str] = []
-        for name in ("triton_varlen_attention", "triton_masked_attention"):
-            real = getattr(at, name)
-
-            def wrapper(*args, _real=real, _name=name, **kwargs):
-                self.calls.append(_name)
-                return _real(*args, **kwargs)
-
-            monkeypatch.setattr(at, name, wrapper)
-
-
-def test_dispatch_auto_cpu_forced_and_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
-    spy = _Spy(monkeypatch)
-    ragged, uniform = VarlenLayout.from_lens([3, 7]), VarlenLayout.from_lens([5, 5])
-    q = torch.randn(10, 2, 16)
-    set_backend("auto")  # CPU: the reference, both layouts
-    torch.testing.assert_close(varlen_attention(q, q, q, ragged), varlen_attention_reference(q, q, q, ragged))
-    dense = F.scaled_dot_product_attention(*(q.view(2, 5, 2, 16).transpose(1, 2),) * 3).transpose(1, 2)
-    torch.testing.assert_close(varlen_attention(q, q, q, uniform), dense.reshape(10, 2, 16))
-    assert spy.calls == []
-    set_backend("triton")
-    out = varlen_attention(q, q, q, ragged)
-    assert spy.calls == ["triton_varlen_attention"]
-    torch.testing.assert_close(out, varlen_attention_reference(q, q, q, ragged), rtol=1e-4, atol=1e-5)
-
-
-def test_auto_on_cuda_takes_sdpa_for_equal_lengths_and_triton_for_ragged(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend the tensors are on CUDA: "auto" must not pay the kernel where SDPA's dense path wins."""
-    spy = _Spy(monkeypatch)
-    monkeypatch.setattr(attention_mod, "use_triton", lambda *t: dispatch.get_backend() != "torch")
-    set_backend("auto")
-    q = torch.randn(10, 2, 16)
-    varlen_attention(q, q, q, VarlenLayout.from_lens([5, 5]))
-    attention_mod.masked_attention(*(torch.randn(2, 2, 5, 16),) * 3)  # dense padded layout, no lengths
-    assert spy.calls == []
-    varlen_attention(q, q, q, VarlenLayout.from_lens([3, 7]))
-    attention_mod.masked_attention(*(torch.randn(2, 2, 5, 16),) * 3, torch.tensor([5, 2]))
-    assert spy.calls == ["triton_varlen_attention", "triton_masked_attention"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
