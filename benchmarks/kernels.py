@@ -4,7 +4,14 @@ Claims checked (issue #5 targets on an H100):
 - attention forward+backward >= 1.0x PyTorch SDPA's flash backend on padded variable-length
   batches (flash attends the padding; ours skips it), for the context encoder (~170 valid tokens)
   and the predictor (~200 tokens);
-- fused Smooth-L1 loss+gradient >= 2x the eager reference with >= 2x less peak memory.
+- fused Smooth-L1 loss+gradient >= 2x the eager reference with >= 2x less peak memory;
+- packed (varlen) attention on the shapes ragged training produces (issue #10): ViT-B contexts
+  (12 heads x 64) of a B=256 USrc draw (fans covering 48-83% of the 14x14 grid, as in
+  ``benchmarks/ragged_tokens.py``) and per-block predictor sequences (12 heads x 32, B x 4
+  sequences of context + block), packed ``(T, H, D)`` in and out: the Triton packed kernel vs SDPA
+  flash on the padded batch (pad + unpad included: the input is packed), SDPA on jagged nested
+  tensors, and the padded reference. ``"auto"`` sends ragged CUDA batches to the Triton kernel;
+  if a SDPA row wins here, change the CUDA column of the dispatch in kernels/attention.py.
 
 Baselines per kernel: the eager reference with the same semantics (SDPA + key-padding mask; eager
 gather + layer-norm + smooth_l1), ``torch.compile`` of that reference, and for attention SDPA's
@@ -46,6 +53,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--no-smoke", action="store_true", help="without CUDA: skip the interpreted smoke test")
+    p.add_argument("--usrc-batch", type=int, default=256, help="packed rows: samples of the USrc mask draw")
     return p.parse_args()
 
 
@@ -76,6 +84,20 @@ def _cpu_smoke() -> dict:
 
     pred = torch.randn(2, 9, 96, requires_grad=True)
     teacher, idx = torch.randn(2, 30, 96), torch.randint(0, 30, (2, 9))
+    from usjepa_fast.kernels import VarlenLayout, varlen_attention_reference
+    from usjepa_fast.kernels.attention_triton import triton_varlen_attention
+
+    layout = VarlenLayout.from_lens([0, 1, 23, 9])
+    pq, pk, pv = (torch.randn(layout.total, 2, 32, requires_grad=True) for _ in range(3))
+    packed = triton_varlen_attention(pq, pk, pv, layout.cu_seqlens, layout.max_len)
+    p_grads = torch.autograd.grad(packed.square().sum(), (pq, pk, pv))
+    p_ref = varlen_attention_reference(pq, pk, pv, layout)
+    p_ref_grads = torch.autograd.grad(p_ref.square().sum(), (pq, pk, pv))
+    attn_err = max(
+        attn_err,
+        *((a - b).abs().max().item() for a, b in zip((packed, *p_grads), (p_ref, *p_ref_grads), strict=True)),
+    )
+
     loss = triton_salt_smooth_l1(pred, teacher, idx)
     (g,) = torch.autograd.grad(loss, pred)
     ref_loss = smooth_l1_reference(pred, teacher, idx)
@@ -195,6 +217,79 @@ def _attention_rows(args: argparse.Namespace, dtype, compile_ok: bool) -> list[d
     return rows
 
 
+def _usrc_lengths(batch: int) -> tuple[list[int], list[int]]:
+    """Context lengths and per-block predictor lengths of one USrc draw (ragged_tokens.py fans)."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ragged_tokens import GRID, fan_pool
+
+    from usjepa_fast.masking import MaskConfig, MultiBlockMaskCollator
+
+    pool = fan_pool(max(batch, 64))
+    masks = MultiBlockMaskCollator(MaskConfig(usrc=True), GRID).sample(batch, pool[:batch], np.random.default_rng(0))
+    ctx = masks.context.lens[:, 0].tolist()
+    pred = (masks.context.lens + masks.target.lens).reshape(-1).tolist()  # per-block: context + block j
+    return ctx, pred
+
+
+def _packed_rows(args: argparse.Namespace, dtype, compile_ok: bool) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from usjepa_fast.kernels import VarlenLayout, varlen_attention_reference
+    from usjepa_fast.kernels.attention_triton import triton_varlen_attention
+
+    ctx_lens, pred_lens = _usrc_lengths(args.usrc_batch)
+    cases = {"ctx_usrc_12x64": (ctx_lens, 12, 64), "pred_usrc_12x32": (pred_lens, 12, 32)}
+    rows = []
+    for case, (lens, heads, head_dim) in cases.items():
+        layout = VarlenLayout.from_lens(lens, "cuda")
+        offsets = layout.cu_seqlens.long()
+
+        def ours(q, k, v, layout=layout):
+            return triton_varlen_attention(q, k, v, layout.cu_seqlens, layout.max_len)
+
+        def flash_padded(q, k, v, layout=layout):  # attends the pads; pad + unpad: the input is packed
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                out = F.scaled_dot_product_attention(*(layout.pad(t).transpose(1, 2) for t in (q, k, v)))
+            return layout.unpad(out.transpose(1, 2))
+
+        def jagged(q, k, v, offsets=offsets):
+            def nt(t):
+                return torch.nested.nested_tensor_from_jagged(t, offsets).transpose(1, 2)
+
+            return F.scaled_dot_product_attention(nt(q), nt(k), nt(v)).transpose(1, 2).values()
+
+        def reference(q, k, v, layout=layout):
+            return varlen_attention_reference(q, k, v, layout)
+
+        methods: dict[str, Callable] = {
+            "triton_packed (ours)": ours,
+            "sdpa_flash_padded": flash_padded,
+            "sdpa_jagged": jagged,
+            "sdpa_masked (reference)": reference,
+        }
+        if compile_ok:
+            methods["compiled_reference"] = torch.compile(reference, dynamic=False)
+        shape = (layout.total, heads, head_dim)
+        q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+        grad_out = torch.randn(shape, device="cuda", dtype=dtype)
+        for name, fn in methods.items():
+            row = {"kernel": "attention_packed", "case": case, "method": name, "padded_len": layout.max_len,
+                   "mean_len": round(layout.total / layout.num_seqs, 1), "sequences": layout.num_seqs}  # fmt: skip
+            try:
+                row.update(_measure(fn, (q, k, v), [q, k, v], grad_out))
+                if "(ours)" in name:
+                    with torch.no_grad():
+                        row["rel_err_vs_reference"] = _rel_err(fn(q, k, v), reference(q, k, v))
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            rows.append(row)
+    return rows
+
+
 def _loss_rows(args: argparse.Namespace, dtype, compile_ok: bool) -> list[dict]:
     import torch
 
@@ -252,11 +347,14 @@ def _targets(ratios: list[dict]) -> dict:
         return [r[key] for r in ratios if r["kernel"] == kernel and r["vs"] == vs]
 
     attn = get("attention", "sdpa_flash_padded", "fwd_bwd_speedup")
+    packed = [r["fwd_bwd_speedup"] for r in ratios if r["kernel"] == "attention_packed" and "sdpa" in r["vs"]]
     loss_speed = get("smooth_l1", "eager_reference", "fwd_bwd_speedup")
     loss_mem = get("smooth_l1", "eager_reference", "peak_mem_ratio")
     return {
         "attention_fwd_bwd_vs_flash_padded_min": min(attn) if attn else None,
         "attention_target_1.0x_met": bool(attn) and min(attn) >= 1.0,
+        "packed_attention_fwd_bwd_vs_best_sdpa_min": min(packed) if packed else None,
+        "packed_auto_choice_ok": bool(packed) and min(packed) >= 1.0,  # else: dispatch SDPA on CUDA ragged
         "smooth_l1_fwd_bwd_vs_eager": loss_speed[0] if loss_speed else None,
         "smooth_l1_peak_mem_vs_eager": loss_mem[0] if loss_mem else None,
         "smooth_l1_target_2x_met": bool(loss_speed) and loss_speed[0] >= 2.0 and loss_mem[0] >= 2.0,
@@ -285,23 +383,24 @@ def main() -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     compile_ok = not args.no_compile
     t0 = time.perf_counter()
-    rows = _attention_rows(args, dtype, compile_ok) + _loss_rows(args, dtype, compile_ok)
+    rows = _attention_rows(args, dtype, compile_ok) + _packed_rows(args, dtype, compile_ok)
+    rows += _loss_rows(args, dtype, compile_ok)
     ratios = _ratios(rows)
     targets = _targets(ratios)
 
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
           f"dtype {args.dtype} | B={args.batch} H={args.heads} Dh={args.head_dim}")  # fmt: skip
-    print(f"{'kernel':<10} {'case':<16} {'method':<24} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9}")
+    print(f"{'kernel':<17} {'case':<16} {'method':<24} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['kernel']:<10} {r['case']:<16} {r['method']:<24} unavailable: {r['error']}")
+            print(f"{r['kernel']:<17} {r['case']:<16} {r['method']:<24} unavailable: {r['error']}")
             continue
-        print(f"{r['kernel']:<10} {r['case']:<16} {r['method']:<24} {r['fwd_ms']:>9.3f} {r['fwd_bwd_ms']:>11.3f} "
+        print(f"{r['kernel']:<17} {r['case']:<16} {r['method']:<24} {r['fwd_ms']:>9.3f} {r['fwd_bwd_ms']:>11.3f} "
               f"{r['fwd_bwd_peak_mib']:>9.1f}")  # fmt: skip
     print("\nratios (baseline / ours; > 1 = ours faster or smaller)")
-    print(f"{'kernel':<10} {'case':<16} {'vs':<24} {'fwd':>7} {'fwd+bwd':>8} {'peak mem':>9}")
+    print(f"{'kernel':<17} {'case':<16} {'vs':<24} {'fwd':>7} {'fwd+bwd':>8} {'peak mem':>9}")
     for r in ratios:
-        print(f"{r['kernel']:<10} {r['case']:<16} {r['vs']:<24} {r['fwd_speedup']:>6.2f}x "
+        print(f"{r['kernel']:<17} {r['case']:<16} {r['vs']:<24} {r['fwd_speedup']:>6.2f}x "
               f"{r['fwd_bwd_speedup']:>7.2f}x {r['peak_mem_ratio']:>8.2f}x")  # fmt: skip
     print(f"\ntargets: {targets}  ({time.perf_counter() - t0:.0f} s incl. compile/autotune)")
     print(json.dumps({

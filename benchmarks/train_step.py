@@ -3,10 +3,15 @@
 One SALT step = frozen teacher forward on the full image, student forward, predictor, Smooth-L1
 loss, backward and AdamW step. The two student variants compute the same context features:
 
-- ``gathered`` (usfast): tokens are gathered by ``context_idx`` after patch + position embedding, so
-  the blocks process K ~ 55-65% of the N tokens;
+- ``gathered`` (usfast with ``mask.equalize=truncate``): tokens are gathered by the context indices
+  after patch + position embedding, so the blocks process the batch-minimum K of the N tokens;
 - ``masked``: the same encoder on all N tokens with a key mask hiding the dropped ones (what a
   naive implementation does), then the context outputs are gathered.
+
+A third, ``ragged`` (usfast's default, ``mask.equalize=none``), runs the same mask draw without the
+truncation: every sample keeps its whole context and every block its own tokens (packed tokens,
+see ``benchmarks/ragged_tokens.py``); it processes more real tokens, so its figure is the time per
+real context token relative to ``gathered``.
 
 Each variant x {eager, compiled} runs in a fresh subprocess so peak memory is its own (CUDA:
 ``max_memory_allocated``; CPU: growth of the process's max RSS over the set-up baseline). The same
@@ -24,6 +29,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from _machine import machine_header  # benchmarks/_machine.py (the script's folder is on sys.path)
 
 PRESETS = {
     # CPU: ViT-Ti-ish student and teacher at 224/16 (196 tokens), small predictor.
@@ -95,8 +102,16 @@ def measure(
         depth=p["pdepth"],
         num_heads=p["pheads"],
     ).to(dev)
-    masks = MultiBlockMaskCollator(MaskConfig(), grid).sample(p["batch"], None, np.random.default_rng(0))
-    ctx_idx, tgt_idx = masks.context_idx.to(dev), masks.target_idx.to(dev)
+
+    # One draw, twice: truncated to the batch minimum (dense (B, K) indices) and ragged (packed).
+    def draw(equalize: str):
+        return MultiBlockMaskCollator(MaskConfig(equalize=equalize), grid).sample(
+            p["batch"], None, np.random.default_rng(0)
+        )
+
+    masks, ragged = draw("truncate"), draw("none").to(dev)
+    ctx_idx = masks.context.idx.view(p["batch"], -1).to(dev)  # (B, Kc)
+    tgt_idx = masks.target.idx.view(p["batch"], -1).to(dev)  # (B, nT * Kt), block-major
     keep_mask = torch.zeros(p["batch"], grid[0] * grid[1], dtype=torch.bool, device=dev)
     keep_mask.scatter_(1, ctx_idx, True)
     x = torch.randn(p["batch"], 3, p["img"], p["img"], device=dev)
@@ -108,6 +123,8 @@ def measure(
             self.student, self.predictor = student, predictor
 
         def forward(self, x, ctx_idx, tgt_idx, keep_mask):
+            if self.variant == "ragged":  # packed: (Tc, D) context, (Tt, Dt) predictions
+                return self.predictor(self.student(x, ragged.context), ragged.context, ragged.target)
             if self.variant == "gathered":
                 ctx = self.student(x, ctx_idx)  # (B, K, D): blocks see K tokens
             else:
@@ -118,13 +135,18 @@ def measure(
         [q for q in student.parameters() if q.requires_grad] + list(predictor.parameters()), lr=1e-4
     )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    fns = {v: torch.compile(Step(v)) if compiled else Step(v) for v in variants}
+    steps_by_variant = {v: Step(v) for v in variants}
+    fns = {v: torch.compile(m) if compiled else m for v, m in steps_by_variant.items()}
 
     def step(fn: torch.nn.Module) -> None:
         with autocast:
             targets = teacher(x)
             pred = fn(x, ctx_idx, tgt_idx, keep_mask)
-        loss = salt_smooth_l1(pred, targets, tgt_idx)
+        if fn.variant == "ragged":  # packed targets: flattened teacher tokens, flat indices
+            b, n, d = targets.shape
+            loss = salt_smooth_l1(pred[None], targets.reshape(1, b * n, d), ragged.target.flat(n)[None])
+        else:
+            loss = salt_smooth_l1(pred, targets, tgt_idx)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -161,7 +183,7 @@ def measure(
             "step_s": float(np.median(times[v])),
             "first_step_s": first[v],
             "peak_mib": peak if len(variants) == 1 else float("nan"),
-            "kept_tokens": int(ctx_idx.shape[1]),
+            "kept_tokens": int(ctx_idx.shape[1]) if v != "ragged" else ragged.context.total / p["batch"],
             "all_tokens": grid[0] * grid[1],
             "batch": p["batch"],
         }
@@ -184,15 +206,16 @@ def main() -> None:
     preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     if args._child:
         variant, compiled = args._child[0], args._child[1] == "1"
-        variants = ["gathered", "masked"] if variant == "both" else [variant]
+        variants = ["gathered", "masked", "ragged"] if variant == "both" else [variant]
         print(json.dumps(measure(preset, variants, compiled, args.steps, args.warmup, args.threads)))
         return
 
     # "both": eager step times with the variants interleaved (robust to other jobs' load); the
     # single-variant runs give each variant's own peak memory (and compiled step times).
-    combos = [("both", False), ("gathered", False), ("masked", False)]
+    combos = [("both", False), ("gathered", False), ("masked", False), ("ragged", False)]
     if not args.no_compile:
         combos += [("gathered", True), ("masked", True)]
+    header = machine_header()  # CPU flags and the load average at the start
     rows = {}
     for variant, compiled in combos:
         cmd = [
@@ -218,6 +241,7 @@ def main() -> None:
             rows[(variant if variant != "both" else r["variant"] + "*", compiled)] = r
 
     gi, mi = rows[("gathered*", False)], rows[("masked*", False)]  # interleaved eager timings
+    ri = rows[("ragged*", False)]
     g, m = rows[("gathered", False)], rows[("masked", False)]  # own-process runs: peak memory
     figures = {
         "preset": preset,
@@ -231,6 +255,12 @@ def main() -> None:
         "gathered_eager_peak_mib": round(g["peak_mib"], 1),
         "masked_eager_peak_mib": round(m["peak_mib"], 1),
         "gathered_vs_masked_memory_ratio": round(g["peak_mib"] / max(m["peak_mib"], 1e-9), 3),
+        "ragged_mean_kept_tokens": round(ri["kept_tokens"], 1),
+        "ragged_eager_step_s": round(ri["step_s"], 4),
+        "ragged_vs_gathered_time_ratio": round(ri["step_s"] / gi["step_s"], 3),
+        "ragged_vs_gathered_time_per_token_ratio": round(
+            (ri["step_s"] / ri["kept_tokens"]) / (gi["step_s"] / gi["kept_tokens"]), 3
+        ),
     }
     if ("gathered", True) in rows and ("masked", True) in rows:
         gc, mc = rows[("gathered", True)], rows[("masked", True)]
@@ -246,6 +276,7 @@ def main() -> None:
             }
         )
     lines = [
+        *header,
         f"# train_step benchmark, preset {preset} on {g['device']} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores shared with other engineers' jobs: CPU timings are contended)",
         f"# batch {g['batch']}, context keeps {g['kept_tokens']} of {g['all_tokens']} tokens; median of {args.steps} "
@@ -260,6 +291,11 @@ def main() -> None:
             f"{r['first_step_s']:>16.2f}"
         )
     lines.append(f"gathered / masked step time (eager): {figures['gathered_vs_masked_time_ratio']:.3f}")
+    lines.append(
+        f"ragged / gathered (eager): step time {figures['ragged_vs_gathered_time_ratio']:.3f} with "
+        f"{figures['ragged_mean_kept_tokens']:.1f} vs {g['kept_tokens']} context tokens per sample; time per real "
+        f"context token {figures['ragged_vs_gathered_time_per_token_ratio']:.3f}"
+    )
     if "compiled_vs_eager_time_ratio" in figures:
         lines.append(f"compiled / eager step time (gathered): {figures['compiled_vs_eager_time_ratio']:.3f}")
     lines.append(json.dumps(figures))

@@ -60,16 +60,17 @@ def test_kernels_compile_for_sm90(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET")  # the compiler consults it too; this is the GPU path
     ptrs = {name: "*bf16" for name in ("Q", "K", "V", "OUT", "DO", "DQ", "DK", "DV")}
     ptrs.update({"LSE": "*fp32", "DELTA": "*fp32", "LENS": "*i32"})
-    attn = {"HEAD_DIM": 64, "DOT_F32": False, "PRECISION": "tf32"}
-    for fn, configs in (
-        (at._attn_fwd, at._FWD_CONFIGS),
-        (at._attn_bwd_dkdv, at._DKDV_CONFIGS),
-        (at._attn_bwd_dq, at._DQ_CONFIGS),
-    ):
-        cfg = configs[0]  # the largest-tile config of each space
-        kernel = _compile_sm90(fn, ptrs, {**attn, **cfg.kwargs}, cfg.num_warps, cfg.num_stages)
-        assert 0 < kernel.metadata.shared <= H100_MAX_SHARED, fn.__name__
-    _compile_sm90(at._attn_bwd_preprocess, ptrs, {"HEAD_DIM": 64, "BLOCK_M": 64}, 4, 1)
+    for packed in (False, True):  # padded (B, H, N, D) + lengths, packed (T, H, D) + cu_seqlens
+        attn = {"HEAD_DIM": 64, "DOT_F32": False, "PRECISION": "tf32", "PACKED": packed}
+        for fn, configs in (
+            (at._attn_fwd, at._FWD_CONFIGS),
+            (at._attn_bwd_dkdv, at._DKDV_CONFIGS),
+            (at._attn_bwd_dq, at._DQ_CONFIGS),
+        ):
+            cfg = configs[0]  # the largest-tile config of each space
+            kernel = _compile_sm90(fn, ptrs, {**attn, **cfg.kwargs}, cfg.num_warps, cfg.num_stages)
+            assert 0 < kernel.metadata.shared <= H100_MAX_SHARED, fn.__name__
+        _compile_sm90(at._attn_bwd_preprocess, ptrs, {"HEAD_DIM": 64, "PACKED": packed, "BLOCK_M": 64}, 4, 1)
 
     loss_ptrs = {"PRED": "*bf16", "TEACHER": "*bf16", "IDX": "*i64", "GRAD": "*bf16", "ROW_LOSS": "*fp32"}
     cfg = st._gpu_config(1024)  # ViT-B width 768 -> BLOCK_D 1024

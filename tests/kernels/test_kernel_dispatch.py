@@ -6,10 +6,11 @@ import importlib.util
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from usjepa_fast.errors import UsfastError
-from usjepa_fast.kernels import attention as attention_mod
 from usjepa_fast.kernels import (
+    VarlenLayout,
     attention_reference,
     dispatch,
     masked_attention,
@@ -17,7 +18,10 @@ from usjepa_fast.kernels import (
     set_backend,
     smooth_l1_reference,
     use_backend,
+    varlen_attention,
+    varlen_attention_reference,
 )
+from usjepa_fast.kernels import attention as attention_mod
 from usjepa_fast.kernels import smooth_l1 as smooth_l1_mod
 
 
@@ -37,7 +41,11 @@ class _Spy:
         import usjepa_fast.kernels.smooth_l1_triton as st
 
         self.calls: list[str] = []
-        for module, name in ((at, "triton_masked_attention"), (st, "triton_salt_smooth_l1")):
+        for module, name in (
+            (at, "triton_masked_attention"),
+            (at, "triton_varlen_attention"),
+            (st, "triton_salt_smooth_l1"),
+        ):
             real = getattr(module, name)
 
             def wrapper(*args, _real=real, _name=name, **kwargs):
@@ -130,3 +138,32 @@ def test_loss_dispatch_module_uses_the_same_switch(monkeypatch: pytest.MonkeyPat
     # Both call sites must consult the one switch, not a private copy of it.
     assert smooth_l1_mod.use_triton is dispatch.use_triton
     assert attention_mod.use_triton is dispatch.use_triton
+
+
+def test_dispatch_auto_cpu_forced_and_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = _Spy(monkeypatch)
+    ragged, uniform = VarlenLayout.from_lens([3, 7]), VarlenLayout.from_lens([5, 5])
+    q = torch.randn(10, 2, 16)
+    set_backend("auto")  # CPU: the reference, both layouts
+    torch.testing.assert_close(varlen_attention(q, q, q, ragged), varlen_attention_reference(q, q, q, ragged))
+    dense = F.scaled_dot_product_attention(*(q.view(2, 5, 2, 16).transpose(1, 2),) * 3).transpose(1, 2)
+    torch.testing.assert_close(varlen_attention(q, q, q, uniform), dense.reshape(10, 2, 16))
+    assert spy.calls == []
+    set_backend("triton")
+    out = varlen_attention(q, q, q, ragged)
+    assert spy.calls == ["triton_varlen_attention"]
+    torch.testing.assert_close(out, varlen_attention_reference(q, q, q, ragged), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_on_cuda_takes_sdpa_for_equal_lengths_and_triton_for_ragged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the tensors are on CUDA: "auto" must not pay the kernel where SDPA's dense path wins."""
+    spy = _Spy(monkeypatch)
+    monkeypatch.setattr(attention_mod, "use_triton", lambda *t: dispatch.get_backend() != "torch")
+    set_backend("auto")
+    q = torch.randn(10, 2, 16)
+    varlen_attention(q, q, q, VarlenLayout.from_lens([5, 5]))
+    masked_attention(*(torch.randn(2, 2, 5, 16),) * 3)  # dense padded layout, no lengths
+    assert spy.calls == []
+    varlen_attention(q, q, q, VarlenLayout.from_lens([3, 7]))
+    masked_attention(*(torch.randn(2, 2, 5, 16),) * 3, torch.tensor([5, 2]))
+    assert spy.calls == ["triton_varlen_attention", "triton_masked_attention"]

@@ -66,7 +66,7 @@ def test_triton_training_matches_torch_loss_curve(tmp_path: Path, teacher_path: 
     import usjepa_fast.kernels.smooth_l1_triton as st
 
     calls = {"attention": 0, "loss": 0}
-    real_attn, real_loss = at.triton_masked_attention, st.triton_salt_smooth_l1
+    real_attn, real_loss = at.triton_varlen_attention, st.triton_salt_smooth_l1
 
     def attn(*args, **kwargs):
         calls["attention"] += 1
@@ -76,7 +76,7 @@ def test_triton_training_matches_torch_loss_curve(tmp_path: Path, teacher_path: 
         calls["loss"] += 1
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(at, "triton_masked_attention", attn)
+    monkeypatch.setattr(at, "triton_varlen_attention", attn)  # training runs packed tokens
     monkeypatch.setattr(st, "triton_salt_smooth_l1", loss)
 
     reference = _losses(tmp_path / "torch", "torch", teacher_path)

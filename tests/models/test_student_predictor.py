@@ -1,4 +1,5 @@
-"""Context encoder (gathered tokens, timm compatibility, kernel call site) and predictor shapes."""
+"""Context encoder (gathered tokens, timm compatibility, kernel call site) and predictor; ragged
+batches equal running each sample alone, forward and backward; pads get exactly zero gradient."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from safetensors.torch import load_file
 
 import usjepa_fast.models.vit as vit_mod
 from usjepa_fast.errors import UsfastError
-from usjepa_fast.models import Predictor, apply_masks, create, list_models
+from usjepa_fast.kernels import VarlenLayout
+from usjepa_fast.masking import RaggedIndex, apply_masks
+from usjepa_fast.models import Predictor, create, list_models
 from usjepa_fast.models.frozen import save_export_ready
 
 TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2)
@@ -37,16 +40,19 @@ def test_gathered_forward_matches_full_when_keeping_all() -> None:
 
 def test_attention_goes_through_kernel_call_site(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = vit_mod.masked_attention
+    real = vit_mod.varlen_attention
 
-    def spy(q, k, v, seq_lens=None):
-        calls.append(q.shape)
-        return real(q, k, v, seq_lens)
+    def spy(q, k, v, layout):
+        calls.append((tuple(q.shape), layout.lens.tolist()))
+        return real(q, k, v, layout)
 
-    monkeypatch.setattr(vit_mod, "masked_attention", spy)
+    monkeypatch.setattr(vit_mod, "varlen_attention", spy)
     s = _student()
     s(torch.randn(1, 3, 64, 64), torch.arange(5)[None])
-    assert len(calls) == 2 and calls[0] == (1, 2, 5, 32)  # (B, H, K, hd): only kept tokens
+    assert calls == [((5, 2, 32), [5])] * 2  # packed (T, H, hd): only kept tokens, one call per block
+    calls.clear()
+    s(torch.randn(2, 3, 64, 64), RaggedIndex(torch.tensor([0, 1, 2, 3, 4, 5, 6]), torch.tensor([[3], [4]])))
+    assert calls == [((7, 2, 32), [3, 4])] * 2
 
 
 def test_pos_embed_is_fixed_sincos_and_frozen() -> None:
@@ -120,3 +126,142 @@ def test_registry_names_and_errors() -> None:
         create("predictor_base")
     with pytest.raises(UsfastError, match="weights"):
         create("teacher_vit_base_urfm", grid=(14, 14))
+
+
+# -- ragged batches ----------------------------------------------------------------------------
+
+
+def _ragged(lens_and_idx: list[list[int]], n: int = 16) -> RaggedIndex:
+    mask = torch.zeros(len(lens_and_idx), 1, n, dtype=torch.bool)
+    for b, keep in enumerate(lens_and_idx):
+        mask[b, 0, keep] = True
+    return RaggedIndex.from_mask(mask)
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_ragged_student_equals_each_sample_alone_forward_and_backward() -> None:
+    s = _student()
+    x = torch.randn(3, 3, 64, 64)
+    keep = _ragged([list(range(16)), [0, 3, 5, 6, 9, 12, 15], [10]])  # full, 7 tokens, 1 token
+    out = s(x, keep)  # (T, D)
+    assert out.shape == (24, 64)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    batch_grads = _grads(s)
+    s.zero_grad(set_to_none=True)
+    start = 0
+    for b, seq in enumerate(keep.sequences()):
+        solo = s(x[b : b + 1], seq[0][None])[0]  # (K_b, D), the sample alone
+        stop = start + len(seq[0])
+        torch.testing.assert_close(out[start:stop], solo, rtol=1e-5, atol=1e-5)
+        (solo * w[start:stop]).sum().backward()  # gradients accumulate over the solo runs
+        start = stop
+    solo_grads = _grads(s)
+    assert batch_grads.keys() == solo_grads.keys()
+    for name, g in batch_grads.items():
+        torch.testing.assert_close(g, solo_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dropped_patches_and_pads_get_exactly_zero_gradient() -> None:
+    """Pixels of patches a sample does not keep receive exactly 0 (patch embedding has stride = patch)."""
+    s = _student()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    keep = _ragged([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [5, 6]])
+    (s(x, keep) ** 2).sum().backward()
+    kept_pixels = keep.to_mask(16)[:, 0].view(2, 1, 4, 1, 4, 1).expand(2, 3, 4, 16, 4, 16).reshape(2, 3, 64, 64)
+    assert torch.all(x.grad[~kept_pixels] == 0)
+    assert torch.all(x.grad[kept_pixels].abs().sum() > 0)
+    # The padded form of the same batch, loss over real tokens only (as in training): the pad rows
+    # get exactly zero gradient, and whatever they hold does not change the real rows.
+    lay = VarlenLayout.from_lens([11, 2])
+    packed = torch.randn(13, 64, requires_grad=True)
+    padded = lay.pad(packed).detach().requires_grad_()  # (2, 11, 64), rows 2.. of sample 1 are pads
+    blk = s.blocks[0].eval()
+    real = torch.zeros(2, 11, 1)
+    real[0], real[1, :2] = 1.0, 1.0
+    (blk(padded, layout=lay) * torch.randn(2, 11, 64) * real).sum().backward()
+    assert torch.all(padded.grad[1, 2:] == 0) and padded.grad[1, :2].abs().sum() > 0
+    garbage = padded.detach().clone()
+    garbage[1, 2:] = 1e3
+    torch.testing.assert_close(blk(garbage, layout=lay)[1, :2], blk(padded.detach(), layout=lay)[1, :2])
+    # and the padded block computes what the packed block computes on the real rows
+    via_padded = lay.unpad(blk(lay.pad(packed), layout=lay))
+    torch.testing.assert_close(via_padded, blk(packed, layout=lay), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("per_block", [True, False])
+def test_ragged_predictor_equals_each_sample_alone_forward_and_backward(per_block: bool) -> None:
+    torch.manual_seed(1)
+    p = Predictor(grid=(4, 4), in_dim=24, out_dim=40, embed_dim=32, depth=2, num_heads=2, per_block=per_block)
+    p.eval()
+    ctx_mask = torch.zeros(3, 1, 16, dtype=torch.bool)
+    ctx_mask[0, 0, [0, 1, 2, 4, 5, 6, 8]] = True
+    ctx_mask[1, 0, [3, 7]] = True
+    ctx_mask[2, 0, :12] = True
+    tgt_mask = torch.zeros(3, 2, 16, dtype=torch.bool)
+    tgt_mask[0, 0, [10, 11]] = True
+    tgt_mask[0, 1, [14, 15, 13]] = True
+    tgt_mask[1, 0, [0]] = True
+    tgt_mask[1, 1, [8, 9, 12, 13]] = True
+    tgt_mask[2, 0, [12, 13, 14]] = True
+    tgt_mask[2, 1, [15]] = True
+    ctx_idx, tgt_idx = RaggedIndex.from_mask(ctx_mask), RaggedIndex.from_mask(tgt_mask)
+    context = torch.randn(ctx_idx.total, 24, requires_grad=True)
+    out = p(context, ctx_idx, tgt_idx)  # (Tt, Dt)
+    assert out.shape == (tgt_idx.total, 40)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    batch_grads, batch_ctx_grad = _grads(p), context.grad.clone()
+    p.zero_grad(set_to_none=True)
+    context.grad = None
+    c0 = t0 = 0
+    for c_seq, t_seqs in zip(ctx_idx.sequences(), tgt_idx.sequences(), strict=True):
+        kc, kt = len(c_seq[0]), sum(len(t) for t in t_seqs)
+        solo_ctx = RaggedIndex(c_seq[0], torch.tensor([[kc]]))
+        solo_tgt = RaggedIndex(torch.cat(t_seqs), torch.tensor([[len(t) for t in t_seqs]]))
+        solo = p(context[c0 : c0 + kc], solo_ctx, solo_tgt)
+        torch.testing.assert_close(out[t0 : t0 + kt], solo, rtol=1e-5, atol=1e-5)
+        (solo * w[t0 : t0 + kt]).sum().backward()
+        c0, t0 = c0 + kc, t0 + kt
+    torch.testing.assert_close(context.grad, batch_ctx_grad, rtol=1e-4, atol=1e-6)
+    for name, g in batch_grads.items():
+        torch.testing.assert_close(g, _grads(p)[name], rtol=1e-4, atol=1e-6, msg=name)
+    if per_block:  # block 0 of sample 0 must not see block 1's mask tokens
+        moved = tgt_mask.clone()
+        moved[0, 1] = False
+        moved[0, 1, [3, 7, 9]] = True
+        other = p(context.detach(), ctx_idx, RaggedIndex.from_mask(moved))
+        torch.testing.assert_close(other[:2], out[:2].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_packed_drop_path_drops_whole_sequences() -> None:
+    s = create("usjepa_vit_tiny", **TINY, drop_path_rate=0.9).train()
+    blk = s.blocks[1]
+    lay = VarlenLayout.from_lens([5, 3, 8])
+    torch.manual_seed(0)
+    y = blk._drop_path(blk.drop_path1, torch.ones(16, 4), lay)
+    values = [set(y[a:b].flatten().tolist()) for a, b in ((0, 5), (5, 8), (8, 16))]
+    assert all(len(v) == 1 for v in values), "a sequence is dropped or kept as a whole"
+    assert set().union(*values) <= {0.0, 1.0 / (1.0 - blk.drop_path1.drop_prob)}
+
+
+def test_plans_built_on_the_host_travel_with_the_masks() -> None:
+    """The trainer's mask thread builds layouts and predictor plans; .to(device) moves, not rebuilds, them."""
+    import numpy as np
+
+    from usjepa_fast.masking import MaskConfig, MultiBlockMaskCollator
+
+    masks = MultiBlockMaskCollator(MaskConfig(num_target_blocks=2, min_keep=2), (4, 4)).sample(
+        3, None, np.random.default_rng(0)
+    )
+    p = Predictor(grid=(4, 4), in_dim=8, out_dim=8, embed_dim=16, depth=1, num_heads=2)
+    plan = p.plan(masks.context, masks.target)
+    assert p.plan(masks.context, masks.target) is plan  # memoised
+    masks.context.layout(per_sample=True)
+    moved = masks.to("meta")
+    moved_plan = p.plan(moved.context, moved.target)
+    assert moved_plan is not plan and moved_plan.gather.device.type == "meta"
+    assert moved.context.layout(per_sample=True).cu_seqlens.device.type == "meta"

@@ -149,3 +149,65 @@ def test_pixel_targets_pool_speckle() -> None:
     gray = img.mean(1)
     assert torch.allclose(full[0, 1], gray[0, :4, 4:].reshape(-1))  # patch (0, 1), row-major
     assert torch.allclose(pooled[0, 0, 0], gray[0, :2, :2].mean())
+
+
+def test_ctrl_c_during_the_update_is_deferred_and_resume_is_exact(make_cfg, tmp_path, tiny_data, monkeypatch) -> None:
+    """A SIGINT inside optimizer.step(): the update completes, the checkpoint holds the post-step
+    state (weights, step and data position together), and a resume does not apply the step twice."""
+    import signal
+
+    train, val = tiny_data
+    common = ("objective.kind=pixel", "optim.steps=6", "model.drop_path_rate=0.1", "mask.usrc=true", "run.val_every=3")
+    run(make_cfg(tmp_path / "full", *common), train_dataset=train, val_dataset=val)
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def interrupted_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # a real Ctrl-C after the weights moved, before the step counter did
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(tmp_path / "part", *common), train_dataset=train, val_dataset=val)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert [s for s, _ in list_checkpoints(tmp_path / "part")] == [4]  # the step that was interrupted, done
+    assert [json.loads(r)["step"] for r in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()][-1] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    run(make_cfg(tmp_path / "part", *common), resume=True, train_dataset=train, val_dataset=val)
+    a = load_training_state(list_checkpoints(tmp_path / "full")[-1][1])
+    b = load_training_state(list_checkpoints(tmp_path / "part")[-1][1])
+    assert a["step"] == b["step"] == 6 and (a["epoch"], a["consumed"]) == (b["epoch"], b["consumed"])
+    for part_name in ("student", "predictor"):
+        for key, value in a[part_name].items():
+            assert torch.equal(value, b[part_name][key]), f"{part_name}.{key} differs after resume"
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+
+
+def test_truncate_mode_trains_on_the_same_draw(make_cfg, tmp_path, tiny_data) -> None:
+    """mask.equalize=truncate (today's dense batches) still trains; the logged losses differ from ragged."""
+    train, _ = tiny_data
+    common = ("objective.kind=pixel", "optim.steps=3", "mask.usrc=true")
+    ragged = run(make_cfg(tmp_path / "ragged", *common), train_dataset=train)
+    cut = run(make_cfg(tmp_path / "cut", *common, "mask.equalize=truncate"), train_dataset=train)
+    assert ragged.finished and cut.finished
+    assert _losses(tmp_path / "ragged") != _losses(tmp_path / "cut")
+
+
+def test_non_finite_loss_is_caught_at_the_log_interval(make_cfg, tmp_path, tiny_data, monkeypatch) -> None:
+    from usjepa_fast.train.engine import Trainer
+
+    train, _ = tiny_data
+    real_loss = Trainer.loss
+
+    def nan_loss(self, pred, targets, masks):
+        return real_loss(self, pred, targets, masks) * float("nan")
+
+    monkeypatch.setattr(Trainer, "loss", nan_loss)
+    cfg = make_cfg(tmp_path / "nan", "objective.kind=pixel", "optim.steps=8", "run.log_every=4", "run.ckpt_every=2")
+    with pytest.raises(UsfastError, match="loss became nan by step 2"):
+        run(cfg, train_dataset=train)  # the first checkpoint step checks before it saves anything
+    assert list_checkpoints(tmp_path / "nan") == []

@@ -55,37 +55,44 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, N_CTX, N_BUCKET,
-    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+    if PACKED:  # LENS holds cu_seqlens; sequence b occupies token rows [tok0, tok0 + seq_len)
+        tok0 = tl.load(LENS + b).to(tl.int64)
+        seq_len = tl.load(LENS + b + 1) - tl.load(LENS + b)
+        row_limit = seq_len  # rows past the end belong to the next sequence: never written here
+    else:  # padded (B, H, N, D): LENS holds lengths; rows past a length are pads, written as zeros
+        tok0 = 0
+        seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+        row_limit = N_CTX
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    o_ptrs = OUT + b * stride_ob + h * stride_oh + (tok0 + offs_m)[:, None] * stride_on + offs_d[None, :]
     lse_ptrs = LSE + pid_bh.to(tl.int64) * N_CTX + offs_m
     if start_m >= seq_len:
         # The whole query block is padding: zero output, nothing to attend.
-        tl.store(o_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=OUT.dtype.element_ty), mask=offs_m[:, None] < N_CTX)
+        tl.store(o_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=OUT.dtype.element_ty), mask=offs_m[:, None] < row_limit)
         tl.store(lse_ptrs, tl.zeros([BLOCK_M], dtype=tl.float32), mask=offs_m < N_CTX)
         return
 
     row_valid = offs_m < seq_len
     q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+        Q + b * stride_qb + h * stride_qh + (tok0 + offs_m)[:, None] * stride_qn + offs_d[None, :],
         mask=row_valid[:, None],
         other=0.0,
     )  # (BLOCK_M, D)
     if DOT_F32:
         q = q.to(tl.float32)
     # K is read transposed, (D, BLOCK_N), so the score tile is a plain q @ kT.
-    kt_ptrs = K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    kt_ptrs = K + b * stride_kb + h * stride_kh + (tok0 + offs_n)[None, :] * stride_kn + offs_d[:, None]
+    v_ptrs = V + b * stride_vb + h * stride_vh + (tok0 + offs_n)[:, None] * stride_vn + offs_d[None, :]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -111,7 +118,7 @@ def _attn_fwd(
 
     acc = acc / l_i[:, None]
     acc = tl.where(row_valid[:, None], acc, 0.0)
-    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=offs_m[:, None] < N_CTX)
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=offs_m[:, None] < row_limit)
     tl.store(lse_ptrs, m_i + tl.math.log2(l_i), mask=offs_m < N_CTX)
 
 
@@ -120,24 +127,29 @@ def _attn_bwd_preprocess(
     stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don,
     H, N_CTX, N_BUCKET,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """delta[b, h, n] = sum_d dO * O (fp32); zero on padded rows, where O is zero anyway."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+    if PACKED:
+        tok0 = tl.load(LENS + b).to(tl.int64)
+        seq_len = tl.load(LENS + b + 1) - tl.load(LENS + b)
+    else:
+        tok0 = 0
+        seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < seq_len
     o = tl.load(
-        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+        OUT + b * stride_ob + h * stride_oh + (tok0 + offs_m)[:, None] * stride_on + offs_d[None, :],
         mask=row_valid[:, None],
         other=0.0,
     ).to(tl.float32)
     do = tl.load(
-        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
+        DO + b * stride_dob + h * stride_doh + (tok0 + offs_m)[:, None] * stride_don + offs_d[None, :],
         mask=row_valid[:, None],
         other=0.0,
     ).to(tl.float32)
@@ -153,7 +165,7 @@ def _attn_bwd_dkdv(
     stride_dob, stride_doh, stride_don,
     stride_gb, stride_gh, stride_gn,
     H, N_CTX, N_BUCKET,
-    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per key block: dV = sum_m P^T dO, dK = scale * sum_m dS^T Q (stride_g*: dK/dV)."""
@@ -161,35 +173,42 @@ def _attn_bwd_dkdv(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+    if PACKED:
+        tok0 = tl.load(LENS + b).to(tl.int64)
+        seq_len = tl.load(LENS + b + 1) - tl.load(LENS + b)
+        row_limit = seq_len
+    else:
+        tok0 = 0
+        seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+        row_limit = N_CTX
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    g_off = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
+    g_off = b * stride_gb + h * stride_gh + (tok0 + offs_n)[:, None] * stride_gn + offs_d[None, :]
     if start_n >= seq_len:
         # Padded keys are never attended: zero gradients.
         zeros = tl.zeros([BLOCK_N, HEAD_DIM], dtype=DK.dtype.element_ty)
-        tl.store(DK + g_off, zeros, mask=offs_n[:, None] < N_CTX)
-        tl.store(DV + g_off, zeros, mask=offs_n[:, None] < N_CTX)
+        tl.store(DK + g_off, zeros, mask=offs_n[:, None] < row_limit)
+        tl.store(DV + g_off, zeros, mask=offs_n[:, None] < row_limit)
         return
 
     col_valid = offs_n < seq_len
     k = tl.load(
-        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+        K + b * stride_kb + h * stride_kh + (tok0 + offs_n)[:, None] * stride_kn + offs_d[None, :],
         mask=col_valid[:, None],
         other=0.0,
     )  # (BLOCK_N, D)
     v = tl.load(
-        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+        V + b * stride_vb + h * stride_vh + (tok0 + offs_n)[:, None] * stride_vn + offs_d[None, :],
         mask=col_valid[:, None],
         other=0.0,
     )
     if DOT_F32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    qt_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[None, :] * stride_qn + offs_d[:, None]  # (D, BLOCK_M)
-    do_ptrs = DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :]
+    qt_ptrs = Q + b * stride_qb + h * stride_qh + (tok0 + offs_m)[None, :] * stride_qn + offs_d[:, None]  # (D, BLOCK_M)
+    do_ptrs = DO + b * stride_dob + h * stride_doh + (tok0 + offs_m)[:, None] * stride_don + offs_d[None, :]
     stat_ptrs = pid_bh.to(tl.int64) * N_CTX + offs_m
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -212,8 +231,8 @@ def _attn_bwd_dkdv(
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
     dk *= sm_scale
-    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < N_CTX)
-    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < N_CTX)
+    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < row_limit)
+    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < row_limit)
 
 
 def _attn_bwd_dq(
@@ -225,7 +244,7 @@ def _attn_bwd_dq(
     stride_dob, stride_doh, stride_don,
     stride_gb, stride_gh, stride_gn,
     H, N_CTX, N_BUCKET,
-    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per query block: dQ = scale * sum_n dS K with dS = P * (dO V^T - delta)."""
@@ -233,24 +252,31 @@ def _attn_bwd_dq(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+    if PACKED:
+        tok0 = tl.load(LENS + b).to(tl.int64)
+        seq_len = tl.load(LENS + b + 1) - tl.load(LENS + b)
+        row_limit = seq_len
+    else:
+        tok0 = 0
+        seq_len = tl.minimum(tl.load(LENS + b), N_CTX)
+        row_limit = N_CTX
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    g_ptrs = DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :]
+    g_ptrs = DQ + b * stride_gb + h * stride_gh + (tok0 + offs_m)[:, None] * stride_gn + offs_d[None, :]
     if start_m >= seq_len:
-        tl.store(g_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=offs_m[:, None] < N_CTX)
+        tl.store(g_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], dtype=DQ.dtype.element_ty), mask=offs_m[:, None] < row_limit)
         return
 
     row_valid = offs_m < seq_len
     q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+        Q + b * stride_qb + h * stride_qh + (tok0 + offs_m)[:, None] * stride_qn + offs_d[None, :],
         mask=row_valid[:, None],
         other=0.0,
     )
     do = tl.load(
-        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
+        DO + b * stride_dob + h * stride_doh + (tok0 + offs_m)[:, None] * stride_don + offs_d[None, :],
         mask=row_valid[:, None],
         other=0.0,
     )
@@ -259,8 +285,8 @@ def _attn_bwd_dq(
         do = do.to(tl.float32)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * N_CTX + offs_m, mask=row_valid, other=0.0)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * N_CTX + offs_m, mask=row_valid, other=0.0)
-    kt_ptrs = K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N)
-    vt_ptrs = V + b * stride_vb + h * stride_vh + offs_n[None, :] * stride_vn + offs_d[:, None]
+    kt_ptrs = K + b * stride_kb + h * stride_kh + (tok0 + offs_n)[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N)
+    vt_ptrs = V + b * stride_vb + h * stride_vh + (tok0 + offs_n)[None, :] * stride_vn + offs_d[:, None]
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for start_n in range(0, seq_len, BLOCK_N):
@@ -277,7 +303,7 @@ def _attn_bwd_dq(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
     dq *= sm_scale
-    tl.store(g_ptrs, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < N_CTX)
+    tl.store(g_ptrs, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < row_limit)
 
 
 # Autotune spaces kept small: every config is compiled once per (head dim, dtype, length bucket),
@@ -298,7 +324,7 @@ _FWD_CONFIGS = [
 _DKDV_CONFIGS = [_cfg(32, 128, 8, 3), _cfg(32, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(16, 64, 4, 3)]
 _DQ_CONFIGS = [_cfg(128, 32, 8, 3), _cfg(64, 32, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 16, 4, 3)]
 _PRE_BLOCK_M = 64
-_KEY = ["N_BUCKET", "HEAD_DIM"]  # the autotuner appends the tensors' dtypes to the key itself
+_KEY = ["N_BUCKET", "HEAD_DIM", "PACKED"]  # the autotuner appends the tensors' dtypes to the key itself
 
 _FWD = DualModeKernel(_attn_fwd, _FWD_CONFIGS, _KEY)
 _PRE = DualModeKernel(_attn_bwd_preprocess)
@@ -316,7 +342,11 @@ def _default_config(head_dim: int, kind: str) -> triton.Config:
     return _cfg(64 if small else 32, 32 if small else 16, 4, 2)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+def _strides(t: torch.Tensor, packed: bool) -> tuple[int, int, int]:
+    """(sequence, head, token) strides: padded (B, H, N, D), or packed (T, H, D) where sequence b
+    starts at token row cu_seqlens[b] (read by the kernel) and has no stride of its own."""
+    if packed:
+        return 0, t.stride(1), t.stride(0)
     return t.stride(0), t.stride(1), t.stride(2)
 
 
@@ -332,18 +362,36 @@ def _prepare(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor, scale: float, interpret: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _geometry(q: torch.Tensor, lens: torch.Tensor, packed: bool, max_len: int) -> tuple[int, int, int, int]:
+    """(sequences, heads, context length of the grid, head dim) for either layout."""
+    if packed:
+        return lens.shape[0] - 1, q.shape[1], max_len, q.shape[2]
     bsz, heads, n_ctx, head_dim = q.shape
-    out = torch.empty((bsz, heads, n_ctx, head_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((bsz * heads, n_ctx), dtype=torch.float32, device=q.device)
-    grid = lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), bsz * heads)
+    return bsz, heads, n_ctx, head_dim
+
+
+def _launch_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+    interpret: bool,
+    packed: bool = False,
+    max_len: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lens``: (B,) lengths (padded layout) or (S+1,) cu_seqlens (packed layout, ``max_len`` set)."""
+    seqs, heads, n_ctx, head_dim = _geometry(q, lens, packed, max_len)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((seqs * heads, n_ctx), dtype=torch.float32, device=q.device)
+    if seqs * heads == 0 or n_ctx == 0:
+        return out.zero_(), lse
+    grid = lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), seqs * heads)
     _FWD.launch(
         grid,
-        (q, k, v, out, lse, lens, scale * _LOG2E, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-         heads, n_ctx, triton.next_power_of_2(n_ctx)),
-        {"HEAD_DIM": head_dim, "DOT_F32": interpret, "PRECISION": _dot_precision(q.dtype)},
+        (q, k, v, out, lse, lens, scale * _LOG2E, *_strides(q, packed), *_strides(k, packed), *_strides(v, packed),
+         *_strides(out, packed), heads, n_ctx, triton.next_power_of_2(n_ctx)),
+        {"HEAD_DIM": head_dim, "DOT_F32": interpret, "PRECISION": _dot_precision(q.dtype), "PACKED": packed},
         interpret=interpret, interpret_config=_INTERPRET_BLOCKS, default_config=_default_config(head_dim, "fwd"),
     )  # fmt: skip
     return out, lse
@@ -359,32 +407,37 @@ def _launch_backward(
     lens: torch.Tensor,
     scale: float,
     interpret: bool,
+    packed: bool = False,
+    max_len: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    bsz, heads, n_ctx, head_dim = q.shape
+    seqs, heads, n_ctx, head_dim = _geometry(q, lens, packed, max_len)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty_like(dq)
+    dv = torch.empty_like(dq)
+    if seqs * heads == 0 or n_ctx == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
     bucket = triton.next_power_of_2(n_ctx)
-    delta = torch.empty_like(lse)  # (B*H, N) fp32
+    delta = torch.empty_like(lse)  # (S*H, N) fp32
     pre_block = _INTERPRET_BLOCKS["BLOCK_M"] if interpret else _PRE_BLOCK_M
     _PRE.launch(
-        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), bsz * heads),
-        (out, do, delta, lens, *_strides(out), *_strides(do), heads, n_ctx, bucket),
-        {"HEAD_DIM": head_dim},
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), seqs * heads),
+        (out, do, delta, lens, *_strides(out, packed), *_strides(do, packed), heads, n_ctx, bucket),
+        {"HEAD_DIM": head_dim, "PACKED": packed},
         interpret=interpret, interpret_config={"BLOCK_M": pre_block},
         default_config=triton.Config({"BLOCK_M": pre_block}, num_warps=4, num_stages=1),
     )  # fmt: skip
 
-    dq = torch.empty((bsz, heads, n_ctx, head_dim), dtype=q.dtype, device=q.device)
-    dk = torch.empty_like(dq)
-    dv = torch.empty_like(dq)
-    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), heads, n_ctx, bucket)
-    constants = {"HEAD_DIM": head_dim, "DOT_F32": interpret, "PRECISION": _dot_precision(q.dtype)}
+    common = (*_strides(q, packed), *_strides(k, packed), *_strides(v, packed), *_strides(do, packed),
+              *_strides(dq, packed), heads, n_ctx, bucket)  # fmt: skip
+    constants = {"HEAD_DIM": head_dim, "DOT_F32": interpret, "PRECISION": _dot_precision(q.dtype), "PACKED": packed}
     _DKDV.launch(
-        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_N"]), bsz * heads),
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_N"]), seqs * heads),
         (q, k, v, do, lse, delta, dk, dv, lens, scale, scale * _LOG2E, *common),
         constants,
         interpret=interpret, interpret_config=_INTERPRET_BLOCKS, default_config=_default_config(head_dim, "dkdv"),
     )  # fmt: skip
     _DQ.launch(
-        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), bsz * heads),
+        lambda meta: (triton.cdiv(n_ctx, meta["BLOCK_M"]), seqs * heads),
         (q, k, v, do, lse, delta, dq, lens, scale, scale * _LOG2E, *common),
         constants,
         interpret=interpret, interpret_config=_INTERPRET_BLOCKS, default_config=_default_config(head_dim, "dq"),
@@ -393,18 +446,20 @@ def _launch_backward(
 
 
 # Custom ops make the launches opaque, shape-typed nodes for torch.compile (no graph break on a
-# Triton launch it cannot trace); the autograd.Function below wires them together.
+# Triton launch it cannot trace); the autograd.Function below wires them together. One pair of ops
+# serves both layouts: ``max_len == 0`` means padded (B, H, N, D) with (B,) lengths, ``max_len > 0``
+# packed (T, H, D) with (S+1,) cu_seqlens.
 @torch.library.custom_op("usjepa_fast::masked_attention_fwd", mutates_args=())
 def _attention_fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor, scale: float, interpret: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor, scale: float, interpret: bool, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_forward(q, k, v, lens, scale, interpret)
+    return _launch_forward(q, k, v, lens, scale, interpret, packed=max_len > 0, max_len=max_len)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, lens, scale, interpret):
-    bsz, heads, n_ctx, head_dim = q.shape
-    return q.new_empty((bsz, heads, n_ctx, head_dim)), q.new_empty((bsz * heads, n_ctx), dtype=torch.float32)
+def _(q, k, v, lens, scale, interpret, max_len):
+    seqs, heads, n_ctx, _ = _geometry(q, lens, max_len > 0, max_len)
+    return q.new_empty(q.shape), q.new_empty((seqs * heads, n_ctx), dtype=torch.float32)
 
 
 @torch.library.custom_op("usjepa_fast::masked_attention_bwd", mutates_args=())
@@ -418,30 +473,46 @@ def _attention_bwd_op(
     lens: torch.Tensor,
     scale: float,
     interpret: bool,
+    max_len: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _launch_backward(_prepare(grad_out), q, k, v, out, lse, lens, scale, interpret)
+    return _launch_backward(_prepare(grad_out), q, k, v, out, lse, lens, scale, interpret, max_len > 0, max_len)
 
 
 @_attention_bwd_op.register_fake
-def _(grad_out, q, k, v, out, lse, lens, scale, interpret):
-    bsz, heads, n_ctx, head_dim = q.shape
-    return tuple(q.new_empty((bsz, heads, n_ctx, head_dim)) for _ in range(3))
+def _(grad_out, q, k, v, out, lse, lens, scale, interpret, max_len):
+    return tuple(q.new_empty(q.shape) for _ in range(3))
 
 
 class _MaskedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, lens, scale, interpret):  # type: ignore[override]
-        out, lse = _attention_fwd_op(q, k, v, lens, scale, interpret)
+    def forward(ctx, q, k, v, lens, scale, interpret, max_len):  # type: ignore[override]
+        out, lse = _attention_fwd_op(q, k, v, lens, scale, interpret, max_len)
         ctx.save_for_backward(q, k, v, out, lse, lens)
         ctx.scale = scale
         ctx.interpret = interpret
+        ctx.max_len = max_len
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, out, lse, lens = ctx.saved_tensors
-        dq, dk, dv = _attention_bwd_op(grad_out, q, k, v, out, lse, lens, ctx.scale, ctx.interpret)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = _attention_bwd_op(grad_out, q, k, v, out, lse, lens, ctx.scale, ctx.interpret, ctx.max_len)
+        return dq, dk, dv, None, None, None, None
+
+
+def _check_head_dim(head_dim: int) -> None:
+    if not head_dim_supported(head_dim):
+        raise UsfastError(
+            f"masked_attention: head dim {head_dim} is not supported by the Triton kernel (powers of two "
+            "16..256); use set_backend('torch') for this model"
+        )
+
+
+def _common_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    dtype = q.dtype if q.dtype in SUPPORTED_DTYPES else torch.float32
+    if k.dtype != dtype or v.dtype != dtype or q.dtype != dtype:  # e.g. fp64 test inputs, mixed autocast
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
 
 
 def triton_masked_attention(
@@ -462,15 +533,9 @@ def triton_masked_attention(
             f"{tuple(k.shape)}, {tuple(v.shape)}; reshape heads to (B, H, N, D) before the call"
         )
     head_dim = q.shape[-1]
-    if not head_dim_supported(head_dim):
-        raise UsfastError(
-            f"masked_attention: head dim {head_dim} is not supported by the Triton kernel (powers of two "
-            "16..256); use set_backend('torch') for this model"
-        )
+    _check_head_dim(head_dim)
     in_dtype = q.dtype
-    dtype = in_dtype if in_dtype in SUPPORTED_DTYPES else torch.float32
-    if k.dtype != dtype or v.dtype != dtype or q.dtype != dtype:  # e.g. fp64 test inputs, mixed autocast
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = _common_dtype(q, k, v)
     bsz, _, n_ctx, _ = q.shape
     if seq_lens is None:
         lens = torch.full((bsz,), n_ctx, dtype=torch.int32, device=q.device)
@@ -483,5 +548,39 @@ def triton_masked_attention(
         lens = seq_lens.to(device=q.device, dtype=torch.int32)
     interpret = interpreting(q, k, v)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = _MaskedAttention.apply(_prepare(q), _prepare(k), _prepare(v), lens, scale, interpret)
+    out = _MaskedAttention.apply(_prepare(q), _prepare(k), _prepare(v), lens, scale, interpret, 0)
     return out.to(in_dtype)  # no-op unless the inputs were e.g. fp64 (computed in fp32)
+
+
+def triton_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Fused attention over packed sequences; q, k, v ``(T, H, D)`` -> ``(T, H, D)`` in q's dtype.
+
+    Sequence ``s`` is token rows ``cu_seqlens[s] : cu_seqlens[s + 1]`` (``(S+1,)`` int, starting at
+    0 and ending at T: FlashAttention's varlen convention); tokens attend within their sequence
+    only. ``max_len`` (a host int >= every length) sizes the launch grid; empty sequences are
+    allowed. Any token/head strides with a contiguous last dim (views of a fused qkv) are fine.
+    """
+    if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+        raise UsfastError(
+            f"varlen_attention: q, k, v must share one packed (T, H, D) shape, got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise UsfastError(f"varlen_attention: cu_seqlens must be (S+1,), got {tuple(cu_seqlens.shape)}")
+    head_dim = q.shape[-1]
+    _check_head_dim(head_dim)
+    in_dtype = q.dtype
+    q, k, v = _common_dtype(q, k, v)
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    interpret = interpreting(q, k, v)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    # max(1, .): the op's "packed" flag is max_len > 0; an all-empty batch launches nothing anyway.
+    out = _MaskedAttention.apply(_prepare(q), _prepare(k), _prepare(v), cu, scale, interpret, max(1, int(max_len)))
+    return out.to(in_dtype)

@@ -1,6 +1,6 @@
-"""Masking: I-JEPA multi-block masks and USrc (scan-region-conditioned) masks."""
+"""Masking: I-JEPA multi-block masks and USrc (scan-region-conditioned) masks, as index tensors."""
 
-from usjepa_fast.masking.multiblock import MaskBatch, MaskConfig, MultiBlockMaskCollator, masks_to_grid
-from usjepa_fast.models.vit import apply_masks
+from usjepa_fast.masking.multiblock import MaskBatch, MaskConfig, MultiBlockMaskCollator
+from usjepa_fast.masking.ragged import RaggedIndex, apply_masks, masks_to_grid
 
-__all__ = ["MaskBatch", "MaskConfig", "MultiBlockMaskCollator", "apply_masks", "masks_to_grid"]
+__all__ = ["MaskBatch", "MaskConfig", "MultiBlockMaskCollator", "RaggedIndex", "apply_masks", "masks_to_grid"]

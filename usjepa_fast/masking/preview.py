@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from usjepa_fast.errors import DataError
-from usjepa_fast.masking.multiblock import MaskConfig, MultiBlockMaskCollator, masks_to_grid
+from usjepa_fast.masking.multiblock import MaskConfig, MultiBlockMaskCollator
+from usjepa_fast.masking.ragged import masks_to_grid
 
 log = logging.getLogger("usfast")
 
@@ -87,11 +88,9 @@ def render_mask_preview(
     import torch
 
     masks = collator.sample(len(items), torch.from_numpy(valid), np.random.default_rng(seed))
-    ctx = masks_to_grid(masks.context_idx, grid).numpy()
-    kt = masks.tokens_per_block
-    tgt_blocks = [
-        masks_to_grid(masks.target_idx[:, j * kt : (j + 1) * kt], grid).numpy() for j in range(masks.num_target_blocks)
-    ]
+    ctx = masks_to_grid(masks.context, grid)[:, 0].numpy()  # (B, gh, gw)
+    tgt = masks_to_grid(masks.target, grid).numpy()  # (B, nT, gh, gw)
+    tgt_blocks = [tgt[:, j] for j in range(masks.num_target_blocks)]
 
     cols = min(3, len(items))
     rows = -(-len(items) // cols)
@@ -124,7 +123,8 @@ def render_mask_preview(
         ax.contour(
             centres, centres, item["scan_mask"].numpy().astype(float), levels=[0.5], colors=["lime"], linewidths=1.0
         )
-        ax.set_title(f"{name[:28]}\nctx {masks.context_idx.shape[1]}  tgt {masks.num_target_blocks}x{kt}", fontsize=8)
+        block_sizes = "+".join(str(n) for n in masks.target.lens[k].tolist())
+        ax.set_title(f"{name[:28]}\nctx {int(masks.context.lens[k, 0])}  tgt {block_sizes}", fontsize=8)
     mode = f"USrc tau={cfg.tau}" if cfg.usrc else "I-JEPA (no USrc)"
     fig.suptitle(f"{mode}\nblue = context, colours = targets\nhatched = outside scan region", fontsize=9)
     fig.tight_layout()

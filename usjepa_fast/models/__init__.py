@@ -10,16 +10,16 @@ from usjepa_fast.models.predictor import Predictor
 from usjepa_fast.models.registry import ModelConfig, create, get_config, list_models
 from usjepa_fast.models.resolve import EncoderSpec, describe_encoder, parse_encoder_spec, resolve_encoder
 from usjepa_fast.models.teacher import Teacher, ema_teacher, frozen_teacher
-from usjepa_fast.models.vit import KernelAttention, VisionTransformer, apply_masks
+from usjepa_fast.models.vit import KernelAttention, KernelBlock, VisionTransformer
 
 __all__ = [
     "EncoderSpec",
     "KernelAttention",
+    "KernelBlock",
     "ModelConfig",
     "Predictor",
     "Teacher",
     "VisionTransformer",
-    "apply_masks",
     "create",
     "describe_encoder",
     "ema_teacher",

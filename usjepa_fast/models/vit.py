@@ -5,11 +5,20 @@ global_pool="avg", fc_norm=False, num_classes=0``, so its state dict is exactly 
 export-ready ``student.safetensors`` loads into ``timm.create_model(timm_name, **timm_kwargs)``
 with no key mapping. Two things differ from timm:
 
-- attention goes through :func:`usjepa_fast.kernels.masked_attention` (Triton on CUDA, SDPA
-  elsewhere), so the fused kernel slots in without touching the model;
-- ``forward(x, keep_idx)`` gathers the kept tokens right after patch + position embedding, so the
-  transformer blocks see (B, K, D) instead of (B, N, D): the cost scales with K, which is the whole
-  point of masked latent prediction (the context is ~50-70% of the image after target removal).
+- attention goes through the kernel call sites (:func:`usjepa_fast.kernels.varlen_attention` for
+  packed tokens, :func:`~usjepa_fast.kernels.masked_attention` for dense ones: Triton on CUDA,
+  SDPA elsewhere), so the fused kernels slot in without touching the model;
+- ``forward(x, keep)`` gathers the kept tokens right after patch + position embedding, so the
+  transformer blocks see only them: the cost scales with the kept count, which is the whole point
+  of masked latent prediction. ``keep`` is a :class:`~usjepa_fast.masking.RaggedIndex` (every
+  sample keeps its own number of tokens: its whole context within its own scan region) and the
+  tokens then travel packed, ``(T, D)`` with ``T`` = the real tokens of the batch: the norms, qkv,
+  projection and MLP never see a pad, and attention gets the sequence boundaries in a
+  :class:`~usjepa_fast.kernels.VarlenLayout`. Dense ``(B, K)`` indices are the equal-length case
+  of the same path.
+
+:class:`KernelBlock` is timm's ``Block`` (same parameters and keys) that also accepts packed
+tokens; stochastic depth then drops whole sequences, as timm drops whole samples.
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
+from timm.models.vision_transformer import Block
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+from torch import nn
 
-from usjepa_fast.kernels import masked_attention
+from usjepa_fast.kernels import VarlenLayout, masked_attention, varlen_attention
+from usjepa_fast.masking.ragged import RaggedIndex, apply_masks
 from usjepa_fast.models.frozen import EncoderInfo
 from usjepa_fast.models.pos_embed import sincos_2d
 
@@ -31,19 +43,35 @@ from usjepa_fast.models.pos_embed import sincos_2d
 class KernelAttention(Attention):
     """timm ``Attention`` (same parameters and keys) whose core goes through the kernel call site.
 
-    ``attn_mask`` is honoured with plain SDPA: it exists only for the "all tokens + attention mask"
-    baseline of ``benchmarks/train_step.py`` and for timm's API; training never passes one.
+    Inputs: dense ``(B, N, C)``; packed ``(T, C)`` with ``layout`` (the training path); or padded
+    ``(B, L, C)`` with ``layout`` (its ``lens`` become the key-padding lengths). ``attn_mask`` is
+    honoured with plain SDPA: it exists only for the "all tokens + attention mask" baseline of
+    ``benchmarks/train_step.py`` and for timm's API; training never passes one.
     """
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        layout: VarlenLayout | None = None,
+    ) -> torch.Tensor:
         if is_causal:
             raise ValueError("KernelAttention does not support causal attention")
+        if x.dim() == 2:
+            if layout is None:
+                raise ValueError("packed (T, C) tokens need a VarlenLayout")
+            t = x.shape[0]
+            q, k, v = self.qkv(x).reshape(t, 3, self.num_heads, self.head_dim).unbind(1)  # each (T, H, hd)
+            q, k = self.q_norm(q), self.k_norm(k)
+            out = varlen_attention(q, k, v, layout).reshape(t, self.attn_dim)  # (T, H*hd)
+            return self.proj_drop(self.proj(self.norm(out)))
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         if attn_mask is None:
-            out = masked_attention(q, k, v)
+            out = masked_attention(q, k, v, None if layout is None else layout.lens)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(b, n, self.attn_dim)  # (B, N, H*hd)
@@ -51,9 +79,33 @@ class KernelAttention(Attention):
         return self.proj_drop(self.proj(out))
 
 
-def apply_masks(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Gather tokens by index: x (B, N, D), idx (B, K) long -> (B, K, D)."""
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+class KernelBlock(Block):
+    """timm ``Block`` (same parameters and keys) that also runs packed ``(T, C)`` tokens."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        layout: VarlenLayout | None = None,
+    ) -> torch.Tensor:
+        if layout is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        x = x + self._drop_path(self.drop_path1, self.ls1(self.attn(self.norm1(x), layout=layout)), layout)
+        return x + self._drop_path(self.drop_path2, self.ls2(self.mlp(self.norm2(x))), layout)
+
+    def _drop_path(self, module: nn.Module, y: torch.Tensor, layout: VarlenLayout) -> torch.Tensor:
+        """Stochastic depth per *sequence*: timm's DropPath on (T, C) would drop single tokens."""
+        prob = float(getattr(module, "drop_prob", 0.0))
+        if prob == 0.0 or not self.training:
+            return y
+        if y.dim() == 3:  # padded (B, L, C): one row is one sequence, timm's rule applies
+            return module(y)
+        keep_prob = 1.0 - prob
+        keep = y.new_empty(layout.num_seqs).bernoulli_(keep_prob)  # one draw per sequence
+        if keep_prob > 0.0 and getattr(module, "scale_by_keep", True):
+            keep.div_(keep_prob)
+        return y * keep.index_select(0, layout.seq_id)[:, None]
 
 
 class VisionTransformer(TimmVisionTransformer):
@@ -87,7 +139,7 @@ class VisionTransformer(TimmVisionTransformer):
             fc_norm=False,
             num_classes=0,
         )
-        super().__init__(**timm_kwargs, drop_path_rate=drop_path_rate, attn_layer=KernelAttention)
+        super().__init__(**timm_kwargs, drop_path_rate=drop_path_rate, block_fn=KernelBlock, attn_layer=KernelAttention)
         self.timm_name = timm_name
         self._timm_kwargs = timm_kwargs
         self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
@@ -132,13 +184,24 @@ class VisionTransformer(TimmVisionTransformer):
         """(B, 3, S, S) -> (B, N, D) patch tokens with position embedding."""
         return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
 
-    def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S), keep_idx (B, K) -> (B, K, D) final-normed tokens (all N when None)."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | RaggedIndex | None = None) -> torch.Tensor:
+        """Final-normed tokens of the kept patches.
+
+        x (B, 3, S, S); ``keep`` None -> (B, N, D); dense (B, K) indices -> (B, K, D); a
+        RaggedIndex (one sequence per sample) -> packed (T, D) in its order.
+        """
         tokens = self.embed(x)  # (B, N, D)
-        if keep_idx is not None:
-            tokens = apply_masks(tokens, keep_idx)  # (B, K, D): the blocks only see context
-        tokens = self.blocks(tokens)
-        return self.norm(tokens)
+        if keep is None:
+            return self.norm(self.blocks(tokens))
+        ragged = keep if isinstance(keep, RaggedIndex) else RaggedIndex.from_dense(keep)
+        if ragged.seqs_per_sample != 1:
+            raise ValueError(f"the encoder takes one token sequence per sample, got {ragged.seqs_per_sample}")
+        layout = ragged.layout(per_sample=True)
+        packed = apply_masks(tokens, ragged)  # (T, D): the blocks only see kept tokens, no pads
+        for blk in self.blocks:
+            packed = blk(packed, layout=layout)
+        packed = self.norm(packed)
+        return packed if isinstance(keep, RaggedIndex) else packed.view(*keep.shape, -1)
 
     def forward_features(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -160,6 +223,11 @@ class VisionTransformer(TimmVisionTransformer):
             tokens = blk(tokens, attn_mask=attn_mask)
         return self.norm(tokens)
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of final-normed patch tokens, (B, 3, S, S) -> (B, D): what timm's forward returns."""
-        return self.forward(x).mean(dim=1)
+    def pooled(self, x: torch.Tensor, keep: RaggedIndex | None = None) -> torch.Tensor:
+        """Mean of final-normed patch tokens, (B, 3, S, S) -> (B, D): what timm's forward returns.
+
+        With ``keep`` the mean runs over each sample's kept tokens only (scan-region tokens).
+        """
+        if keep is None:
+            return self.forward(x).mean(dim=1)
+        return keep.layout(per_sample=True).segment_mean(self.forward(x, keep))

@@ -5,20 +5,29 @@ One optimizer step (:meth:`Trainer.train_step`) has four named phases per micro-
 1. **teacher forward** — the frozen teacher (SALT) or the EMA copy (I-JEPA) embeds the *full*
    image once, under ``no_grad``: ``(B, 3, S, S) -> (B, N, Dt)``; stage 1 uses normalised pixels
    ``(B, N, p*p)`` instead;
-2. **student forward** — the context encoder runs only on the kept context tokens ``(B, Kc, Ds)``,
-   the predictor puts mask tokens at the target positions and regresses ``(B, M, Dt)``;
-3. **loss** — :func:`usjepa_fast.kernels.salt_smooth_l1` gathers the teacher tokens at
-   ``target_idx`` (optionally layer-normed) and returns the Smooth-L1 mean;
-4. **step** — lr / weight-decay schedules, gradient clipping, AdamW, and the EMA update.
+2. **student forward** — the context encoder runs only on the kept context tokens, packed
+   ``(Tc, Ds)`` (every sample keeps its whole context: the batch is ragged, see masking/), the
+   predictor puts mask tokens at the target positions and regresses ``(Tt, Dt)``;
+3. **loss** — :func:`usjepa_fast.kernels.salt_smooth_l1` gathers the teacher tokens at the target
+   patches (teacher tokens flattened to ``(1, B*N, Dt)``, flat target indices ``(1, Tt)``),
+   optionally layer-normed, and averages the Smooth-L1 over real target tokens only;
+4. **update** — lr / weight-decay schedules, gradient clipping, AdamW, and the EMA update; atomic
+   with respect to Ctrl-C (SIGINT is held for the phase, see below).
 
-Masks are drawn in the training process from a generator seeded by ``(seed, step, micro, rank)``,
-so they are identical after a resume and independent of data-loader workers. Everything else that
-resume needs (weights, optimizer, data position, RNG states) is in the rolling checkpoints; with
-``data.num_workers=0`` an interrupted + resumed CPU run reproduces the uninterrupted weights bit for
-bit (with workers, data order and masks are still exact but augmentation draws come from worker
-RNGs whose assignment shifts with the resume point). Under DDP every rank's RNG state is gathered
-into the checkpoint, so a resume with the same world size continues each rank's stream. A Ctrl-C
-(KeyboardInterrupt) mid-step writes a checkpoint of the state at the start of that step.
+Masks are drawn off the critical path: a one-thread pool draws them (vectorised numpy, then the
+host-side index plans of the encoder and predictor) while the main thread runs the teacher
+forward, from a generator seeded by ``(seed, step, micro, rank)``, so they are identical after a
+resume and independent of data-loader workers. Loss and gradient norm stay on the device and are
+read once per log interval (the non-finite-loss check runs there and before every checkpoint), so
+a step has no host sync of its own. Everything else that resume needs (weights, optimizer, data
+position, RNG states) is in the rolling checkpoints; with ``data.num_workers=0`` an interrupted +
+resumed CPU run reproduces the uninterrupted weights bit for bit (with workers, data order and
+masks are still exact but augmentation draws come from worker RNGs whose assignment shifts with
+the resume point). Under DDP every rank's RNG state is gathered into the checkpoint, so a resume
+with the same world size continues each rank's stream. A Ctrl-C (KeyboardInterrupt) during the
+forward/backward writes a checkpoint of the state at the start of that step; one during the update
+phase is deferred until the step is complete (and logged), and the checkpoint holds the state after
+it, so a resume never applies a step twice.
 """
 
 from __future__ import annotations
@@ -30,8 +39,11 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,11 +140,17 @@ class JEPAModel(nn.Module):
         self.student = student
         self.predictor = predictor
 
-    def forward(
-        self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, num_target_blocks: int
-    ) -> torch.Tensor:
-        context = self.student(images, context_idx)  # (B, Kc, Ds): only context tokens are encoded
-        return self.predictor(context, context_idx, target_idx, num_target_blocks)  # (B, M, Dt)
+    def forward(self, images: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        context = self.student(images, masks.context)  # (Tc, Ds): only context tokens are encoded
+        return self.predictor(context, masks.context, masks.target)  # (Tt, Dt), in target order
+
+    def prepare(self, masks: MaskBatch) -> None:
+        """Build the host-side index plans of ``masks`` now (the mask thread calls this)."""
+        n = self.student.num_patches
+        masks.context.layout(per_sample=True)
+        masks.context.flat(n)
+        masks.target.flat(n)
+        self.predictor.plan(masks.context, masks.target)
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -171,6 +189,9 @@ class Trainer:
         )
         self.grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
         self.collator = MultiBlockMaskCollator(cfg.mask, self.grid, seed=cfg.run.seed)
+        # One worker: masks are drawn while the main thread runs the teacher forward.
+        self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usfast-masks")
+        self.interrupt_requested = False  # a Ctrl-C arrived during the update phase (deferred)
 
         # Models: identical init on every rank (seeded), then per-rank RNG for dropout/augmentation.
         torch.manual_seed(cfg.run.seed)
@@ -332,14 +353,35 @@ class Trainer:
             self.consumed += 1
             return batch
 
-    def sample_masks(self, batch: dict[str, torch.Tensor], seed_parts: tuple[int, ...]) -> MaskBatch:
+    def _draw_masks(self, batch_size: int, valid: torch.Tensor | None, seed_parts: tuple[int, ...]) -> MaskBatch:
+        """Mask thread: draw, build the index plans on the host, pin for an async copy."""
         rng = np.random.default_rng([self.cfg.run.seed, *seed_parts])
-        masks = self.collator.sample(batch["image"].shape[0], batch.get("valid_patches"), rng)
+        masks = self.collator.sample(batch_size, valid, rng)
+        self.model.prepare(masks)
+        return masks.pin_memory() if self.device.type == "cuda" else masks
+
+    def masks_async(self, batch: dict[str, torch.Tensor], seed_parts: tuple[int, ...]) -> Future[MaskBatch]:
+        """Start drawing the masks of ``batch`` (seeded by ``(run.seed, *seed_parts)``) in the mask thread."""
+        return self._mask_pool.submit(
+            self._draw_masks, batch["image"].shape[0], batch.get("valid_patches"), tuple(seed_parts)
+        )
+
+    def collect_masks(self, pending: Future[MaskBatch]) -> MaskBatch:
+        """Wait for the mask thread, count its fallbacks, and move the masks to the device."""
+        masks = pending.result()
         for key, n in masks.fallbacks.items():
             if key not in self.fallbacks:
                 log.warning("USrc masking fallback '%s' used (see usjepa_fast.masking.multiblock); counting", key)
             self.fallbacks[key] = self.fallbacks.get(key, 0) + n
-        return masks
+        return masks.to(self.device, non_blocking=True)
+
+    def sample_masks(self, batch: dict[str, torch.Tensor], seed_parts: tuple[int, ...]) -> MaskBatch:
+        """The masks of ``batch`` on the device, drawn synchronously (same draw as the async path)."""
+        return self.collect_masks(self.masks_async(batch, seed_parts))
+
+    def close(self) -> None:
+        """Stop the mask thread (``run`` does this; call it when driving a Trainer by hand)."""
+        self._mask_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- the step ---------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -351,63 +393,82 @@ class Trainer:
             return patchify_gray(images, self.cfg.model.patch_size, self.cfg.objective.pixel_pool)  # (B, N, q*q)
         return self.teacher(images)  # no_grad inside
 
-    def loss(self, pred: torch.Tensor, targets: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """Phase 3: Smooth-L1 between (B, M, Dt) predictions and targets gathered at target_idx."""
+    def loss(self, pred: torch.Tensor, targets: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        """Phase 3: Smooth-L1 between packed predictions (Tt, Dt) and the targets (B, N, Dt) at the
+        target patches; the mean runs over the Tt real target tokens (no pads exist)."""
         obj = self.cfg.objective
-        return salt_smooth_l1(pred, targets, target_idx, beta=obj.beta, normalize_target=obj.normalize_target)
+        b, n, d = targets.shape
+        flat_idx = masks.target.flat(n)[None]  # (1, Tt): sample * N + patch
+        return salt_smooth_l1(
+            pred[None], targets.reshape(1, b * n, d), flat_idx, beta=obj.beta, normalize_target=obj.normalize_target
+        )
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
-        cfg, accum = self.cfg, self.cfg.optim.grad_accum
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics.
+
+        ``loss`` and ``grad_norm`` are 0-d device tensors (read them at log intervals, not per step).
+        """
+        accum = self.cfg.optim.grad_accum
         self.model.train()
-        total_loss = torch.zeros((), device=self.device)  # summed on device: one host sync per step
+        total_loss = torch.zeros((), device=self.device)  # summed on device: no host sync in the step
         n_images = 0
         for micro in range(accum):
             batch = self.next_batch()
+            pending = self.masks_async(batch, (self.step, micro, self.dist.rank))  # drawn in the mask thread
             images = batch["image"].to(self.device, non_blocking=True)  # (B, 3, S, S)
-            masks = self.sample_masks(batch, (self.step, micro, self.dist.rank))
-            ctx_idx = masks.context_idx.to(self.device)  # (B, Kc)
-            tgt_idx = masks.target_idx.to(self.device)  # (B, nT*Kt)
-            # Phase 1: teacher forward (full image, no grad).
+            # Phase 1: teacher forward (full image, no grad), overlapping with the mask draw.
             with self._autocast():
                 targets = self.targets(images)
+            masks = self.collect_masks(pending)  # ragged: context (Tc,), targets (Tt,) on the device
             # DDP all-reduces gradients only on the last micro-batch of the step.
             sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 # Phase 2: student forward on context tokens + predictor.
                 with self._autocast():
-                    pred = self.step_model(images, ctx_idx, tgt_idx, masks.num_target_blocks)
+                    pred = self.step_model(images, masks)  # (Tt, Dt)
                 # Phase 3: loss (float32 inside the kernel).
-                loss = self.loss(pred, targets, tgt_idx)
+                loss = self.loss(pred, targets, masks)
                 (loss / accum).backward()
             total_loss += loss.detach()
             n_images += images.shape[0]
-
-        # Phase 4: optimizer step with scheduled lr / weight decay, clipping and EMA.
-        o = cfg.optim
-        lr = lr_at(self.step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
-        wd = wd_at(self.step, o.steps, o.weight_decay, o.final_weight_decay)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = wd if group["apply_wd"] else 0.0
-        grad_norm = float("nan")
-        if o.clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        momentum = float("nan")
-        if self.teacher is not None and self.teacher.is_ema:
-            momentum = momentum_at(self.step, o.steps, *cfg.teacher.ema_momentum)
-            self.teacher.ema_update(self.student, momentum)
-        self.step += 1
+        lr, wd, grad_norm, momentum = self.update()
         return {
-            "loss": float(total_loss) / accum,
+            "loss": total_loss / accum,
             "lr": lr,
             "wd": wd,
             "grad_norm": grad_norm,
             "momentum": momentum,
             "images": float(n_images * self.dist.world_size),
         }
+
+    def update(self) -> tuple[float, float, torch.Tensor | float, float]:
+        """Phase 4: scheduled lr / weight decay, clipping, AdamW, EMA and the step counter.
+
+        Atomic with respect to Ctrl-C: SIGINT is held until the phase is over and then reported
+        through ``interrupt_requested``, so an interrupt can never leave updated weights with the
+        step counter and data position of the step before (a resume would apply the step twice).
+        """
+        cfg, o = self.cfg, self.cfg.optim
+        lr = lr_at(self.step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
+        wd = wd_at(self.step, o.steps, o.weight_decay, o.final_weight_decay)
+        with _sigint_deferred(self._request_interrupt):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+                group["weight_decay"] = wd if group["apply_wd"] else 0.0
+            grad_norm: torch.Tensor | float = float("nan")
+            if o.clip_grad > 0:  # a device tensor: read at the log interval
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            momentum = float("nan")
+            if self.teacher is not None and self.teacher.is_ema:
+                momentum = momentum_at(self.step, o.steps, *cfg.teacher.ema_momentum)
+                self.teacher.ema_update(self.student, momentum)
+            self.step += 1
+        return lr, wd, grad_norm, momentum
+
+    def _request_interrupt(self) -> None:
+        self.interrupt_requested = True
 
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -418,22 +479,24 @@ class Trainer:
         self.model.eval()
         indices = list(range(len(self.val_dataset)))[self.dist.rank :: self.dist.world_size]
         loader = self._loader(self.val_dataset, indices, seed=0)
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * images, images)
         for i, batch in enumerate(loader):
             if self.cfg.run.val_batches is not None and i >= self.cfg.run.val_batches:
                 break
+            pending = self.masks_async(batch, (999_999, i, self.dist.rank))  # fixed masks per batch
             images = batch["image"].to(self.device)
-            rng = np.random.default_rng([self.cfg.run.seed, 999_999, i, self.dist.rank])
-            masks = self.collator.sample(images.shape[0], batch.get("valid_patches"), rng)
-            ctx_idx, tgt_idx = masks.context_idx.to(self.device), masks.target_idx.to(self.device)
             with self._autocast():
                 targets = self.targets(images)
-                pred = self.model(images, ctx_idx, tgt_idx, masks.num_target_blocks)
-            loss = self.loss(pred, targets, tgt_idx)
-            total += torch.tensor([float(loss) * images.shape[0], images.shape[0]], dtype=torch.float64)
+            masks = self.collect_masks(pending)
+            with self._autocast():
+                pred = self.model(images, masks)
+            loss = self.loss(pred, targets, masks)
+            total[0] += loss.double() * images.shape[0]
+            total[1] += images.shape[0]
         if self.dist.world_size > 1:
             dist.all_reduce(total)
         self.model.train()
+        total = total.cpu()  # the one host sync of the validation pass
         return float(total[0] / total[1]) if total[1] > 0 else None
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -522,6 +585,35 @@ class Trainer:
             handle.write(json.dumps(clean) + "\n")
 
 
+@contextlib.contextmanager
+def _sigint_deferred(on_interrupt: Callable[[], None]) -> Iterator[None]:
+    """Hold SIGINT for the duration of the block, then hand it on.
+
+    Python's default handler (KeyboardInterrupt) becomes ``on_interrupt()`` after the block, so the
+    caller raises at a point where its state is consistent; another Python handler is called late;
+    an ignored signal stays ignored. Outside the main thread (signals cannot be handled there) or
+    when the handler was installed outside Python, the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if previous is signal.default_int_handler:
+                on_interrupt()
+            elif callable(previous):
+                previous(signal.SIGINT, None)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -555,63 +647,83 @@ def run(
     stop_at = total if r.stop_after is None else min(total, trainer.step + r.stop_after)
     bar = _progress(trainer)
     last_ckpt: Path | None = None
-    window_loss, window_n, window_images, window_t = 0.0, 0, 0.0, time.perf_counter()
+    # The window's loss sum stays on the device; it is read (one sync) at log and checkpoint steps.
+    window_loss, window_n, window_images, window_t = torch.zeros((), device=trainer.device), 0, 0.0, time.perf_counter()
     run_images, final_loss = 0.0, float("nan")
+
+    def check_finite(window_sum: float) -> None:
+        if not math.isfinite(window_sum):
+            raise UsfastError(
+                f"training loss became {window_sum} by step {trainer.step}; lower optim.lr or enable "
+                f"optim.clip_grad, then resume from {ckpt.latest_checkpoint(trainer.run_dir)}"
+            )
+
     try:
         while trainer.step < stop_at:
-            position, rng = (trainer.epoch, trainer.consumed), ckpt.rng_state()
+            position, rng, step_before = (trainer.epoch, trainer.consumed), ckpt.rng_state(), trainer.step
             try:
                 metrics = trainer.train_step()
+                window_loss += metrics["loss"]
+                window_n += 1
+                window_images += metrics["images"]
+                run_images += metrics["images"]
+                step = trainer.step
+                if step % r.log_every == 0 or step == stop_at:
+                    window_sum = float(window_loss)  # the host sync of this log interval
+                    check_finite(window_sum)
+                    elapsed = time.perf_counter() - window_t
+                    final_loss = window_sum / window_n
+                    ips = window_images / max(elapsed, 1e-9)
+                    grad_norm = metrics["grad_norm"]
+                    trainer.log_metrics(
+                        {
+                            "step": step,
+                            "epoch": trainer.epoch,
+                            "loss": final_loss,
+                            "lr": metrics["lr"],
+                            "wd": metrics["wd"],
+                            "grad_norm": float(grad_norm),
+                            "momentum": metrics["momentum"],
+                            "images_per_s": ips,
+                        }
+                    )
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{ips:.1f}")
+                    window_loss, window_n, window_images, window_t = (
+                        torch.zeros_like(window_loss),
+                        0,
+                        0.0,
+                        time.perf_counter(),
+                    )
+                if bar is not None:
+                    bar.update(1)
+                if trainer.interrupt_requested:  # Ctrl-C during the update: the step is complete and logged
+                    raise KeyboardInterrupt
+                if step % r.val_every == 0 or step == total:
+                    val = trainer.validate()
+                    if val is not None:
+                        trainer.log_metrics({"step": step, "val_loss": val})
+                        if trainer.best_val is None or val < trainer.best_val:
+                            trainer.best_val = val
+                            if trainer.dist.is_main:
+                                ckpt.atomic_torch_save(trainer.state(), trainer.run_dir / "best.pt")
+                if step % r.ckpt_every == 0 or step == stop_at:
+                    if window_n:  # never checkpoint weights a non-finite loss has already reached
+                        check_finite(float(window_loss))
+                    last_ckpt = trainer.save_checkpoint()
+                if step % r.log_every == 0:  # throughput windows exclude validation and checkpoint time
+                    window_t = time.perf_counter()
             except KeyboardInterrupt:
-                # Roll back to the start of the interrupted step so the checkpoint is exact.
-                trainer.optimizer.zero_grad(set_to_none=True)
-                last_ckpt = trainer.save_checkpoint(collective=False, position=position, rng=rng)
+                if trainer.step == step_before:
+                    # Interrupted in the forward/backward: roll back to the start of the step (exact).
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                    last_ckpt = trainer.save_checkpoint(collective=False, position=position, rng=rng)
+                else:  # the update finished (SIGINT is deferred past it): the post-step state is exact
+                    last_ckpt = trainer.save_checkpoint(collective=False)
                 log.warning("interrupted at step %d; checkpoint %s (resume with --resume)", trainer.step, last_ckpt)
                 raise
-            if not math.isfinite(metrics["loss"]):
-                raise UsfastError(
-                    f"training loss became {metrics['loss']} at step {trainer.step}; lower optim.lr or enable "
-                    f"optim.clip_grad, then resume from {ckpt.latest_checkpoint(trainer.run_dir)}"
-                )
-            window_loss += metrics["loss"]
-            window_n += 1
-            window_images += metrics["images"]
-            run_images += metrics["images"]
-            step = trainer.step
-            if step % r.log_every == 0 or step == stop_at:
-                elapsed = time.perf_counter() - window_t
-                final_loss = window_loss / window_n
-                ips = window_images / max(elapsed, 1e-9)
-                trainer.log_metrics(
-                    {
-                        "step": step,
-                        "epoch": trainer.epoch,
-                        "loss": final_loss,
-                        "lr": metrics["lr"],
-                        "wd": metrics["wd"],
-                        "grad_norm": metrics["grad_norm"],
-                        "momentum": metrics["momentum"],
-                        "images_per_s": ips,
-                    }
-                )
-                if bar is not None:
-                    bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{ips:.1f}")
-                window_loss, window_n, window_images, window_t = 0.0, 0, 0.0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-            if step % r.val_every == 0 or step == total:
-                val = trainer.validate()
-                if val is not None:
-                    trainer.log_metrics({"step": step, "val_loss": val})
-                    if trainer.best_val is None or val < trainer.best_val:
-                        trainer.best_val = val
-                        if trainer.dist.is_main:
-                            ckpt.atomic_torch_save(trainer.state(), trainer.run_dir / "best.pt")
-            if step % r.ckpt_every == 0 or step == stop_at:
-                last_ckpt = trainer.save_checkpoint()
-            if step % r.log_every == 0:  # throughput windows exclude validation and checkpoint time
-                window_t = time.perf_counter()
     finally:
+        trainer.close()
         if bar is not None:
             bar.close()
     student_path = trainer.export_student() if trainer.step >= total else None
