@@ -254,8 +254,8 @@ def test_calibration_frames_look_like_embed_inputs(synth_root, calib, fp32_onnx)
 def int8_graph(fp32_onnx, calib, tmp_path_factory):
     from usjepa_fast.export.quantize import quantize_onnx
 
-    # a random-init ViT-Ti quantizes poorly (cosine ~0.8): the plumbing is tested here, the figure of
-    # a real-sized model in benchmarks/embed_throughput.py
+    # a random-init ViT-Ti quantizes anywhere from cosine 0.8 to 0.9998 depending on the CPU's int8
+    # kernels: the plumbing is tested here, the figure of a real-sized model in benchmarks/embed_throughput.py
     return quantize_onnx(fp32_onnx, tmp_path_factory.mktemp("int8") / "int8.onnx", calib, min_cosine=0.5)
 
 
@@ -277,7 +277,7 @@ def test_int8_quantization_is_gated_and_recorded(fp32_onnx, calib, int8_graph, t
 
 
 def test_int8_backend_from_an_fp32_export_is_cached_and_gated(fp32_onnx, calib, int8_graph, tmp_path, monkeypatch):
-    from usjepa_fast.export import quantize
+    from usjepa_fast.export import onnx_export, quantize
 
     calls = []
 
@@ -288,13 +288,16 @@ def test_int8_backend_from_an_fp32_export_is_cached_and_gated(fp32_onnx, calib, 
         shutil.copy(int8_graph.sidecar_path, Path(target).with_suffix(".json"))
 
     monkeypatch.setattr(quantize, "quantize_onnx", prequantized)
+    # how close int8 gets depends on the CPU's int8 kernels (0.8 to 0.9998 on this tiny random ViT):
+    # a threshold no int8 graph reaches makes the refusal independent of the machine
+    monkeypatch.setattr(onnx_export, "REDUCED_PRECISION_MIN_COSINE", 0.99999999)
     kw = dict(precision="int8", calibration=calib, threads=1, cache_dir=tmp_path)
     b = open_backend(fp32_onnx, "onnx", "cpu", **kw)
     assert b.name == "onnx-cpu-int8" and isinstance(b, GatedBackend) and b.gate is None
-    # the quantizer accepted cosine ~0.8 (lenient on purpose); the first-batch gate (0.999) still refuses
+    # the quantizer accepted it (min_cosine 0.5, lenient on purpose); the first-batch gate still refuses
     with pytest.raises(PrecisionParityError, match="precision int8 on onnx-cpu-int8: cosine"):
         b(calib[:4])
-    assert b.gate.cosine_min < 0.999
+    assert b.gate.cosine_min < 0.99999999 and b.gate.min_cosine == 0.99999999
     open_backend(fp32_onnx, "onnx", "cpu", **kw)
     assert len(calls) == 1 and calls[0].parent == tmp_path / "onnx"  # cached by graph + frames, in cache_dir
 

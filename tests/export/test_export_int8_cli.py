@@ -13,12 +13,16 @@ runner = CliRunner()
 TINY = ["vit_tiny_patch16_224", "--img-size", "32", "--exporter", "torchscript"]
 
 
-def test_int8_export_refused_by_the_gate_writes_nothing(synth_root, tmp_path) -> None:
+def test_int8_export_refused_by_the_gate_writes_nothing(synth_root, tmp_path, monkeypatch) -> None:
+    from usjepa_fast.export import onnx_export
+
+    # int8 fidelity depends on the CPU's int8 kernels (cosine 0.8 to 0.9998 for this tiny random ViT):
+    # a threshold no int8 graph reaches makes the refusal the same on every machine
+    monkeypatch.setattr(onnx_export, "REDUCED_PRECISION_MIN_COSINE", 0.99999999)
     out = tmp_path / "m" / "int8.onnx"
     args = ["export", *TINY, "--out", str(out), "--precision", "int8"]
     args += ["--calibration", str(synth_root / "ultrabench"), "--calibration-frames", "24"]
     res = runner.invoke(app, args)
-    # a random-init ViT-Ti quantizes to cosine ~0.8 on real frames: the gate must refuse it
     # (CliRunner calls the app directly; the console entry point turns UsfastError into exit 2)
     assert isinstance(res.exception, ExportParityError), res.output
     msg = str(res.exception)

@@ -8,7 +8,8 @@ choice is the same on every run of one machine, and a resumed run cannot flip pr
 :class:`GatedBackend` wraps a reduced-precision backend with an fp32 reference over the same
 weights: its first call computes both and refuses (:class:`PrecisionParityError`, before any
 feature leaves the backend) when the lowest per-row cosine of the pooled features is below
-``min_cosine`` (0.999); otherwise it logs the figure, keeps it in ``.gate`` and drops the reference.
+``min_cosine`` (``export.onnx_export.REDUCED_PRECISION_MIN_COSINE``, 0.999); otherwise it logs the
+figure, keeps it in ``.gate`` and drops the reference.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from usjepa_fast.errors import UsfastError
 log = logging.getLogger("usfast")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-MIN_COSINE = 0.999  # pooled-feature cosine vs fp32 below which a precision is refused
 # CPU bf16 pays only when matmuls are wide enough to outweigh the casts autocast inserts around
 # them. Measured on an AVX512-BF16 CPU (2 threads, batch 32, interleaved): width 96 0.77x fp32,
 # ViT-Ti (192) 1.06x, ViT-S (384) 1.5-2.3x. Below this width `auto` keeps fp32 on the CPU.
@@ -137,7 +137,7 @@ class GateReport:
     batch: int  # rows compared
     passed: bool
     where: str  # "first batch" | "open-time check (simulated B-mode frames)"
-    min_cosine: float = MIN_COSINE
+    min_cosine: float  # the threshold it was judged against
 
     def line(self, backend: str) -> str:
         op = ">=" if self.passed else "<"
@@ -165,9 +165,13 @@ class GatedBackend:
         candidate: Any,
         reference: Callable[[torch.Tensor], torch.Tensor],
         precision: str,
-        min_cosine: float = MIN_COSINE,
+        min_cosine: float | None = None,
         reason: str = "",
     ) -> None:
+        from usjepa_fast.export import onnx_export
+
+        if min_cosine is None:  # the one threshold of every reduced precision, read at call time
+            min_cosine = onnx_export.REDUCED_PRECISION_MIN_COSINE
         self.candidate = candidate
         self._reference: Callable[[torch.Tensor], torch.Tensor] | None = reference
         self.info = candidate.info

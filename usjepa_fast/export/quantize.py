@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from usjepa_fast.errors import UsfastError
+from usjepa_fast.export import onnx_export
 from usjepa_fast.export.onnx_export import (
     ExportParityError,
     ParityReport,
@@ -92,7 +93,7 @@ def quantize_onnx(
     *,
     method: str = "static",
     holdout: float = 0.25,
-    min_cosine: float = 0.999,
+    min_cosine: float | None = None,
     per_channel: bool = True,
     seed: int = 0,
 ) -> QuantizeResult:
@@ -100,12 +101,15 @@ def quantize_onnx(
 
     ``calibration``: ``(N, 3, S, S)`` float32 pixels preprocessed like embed's (see
     :func:`usjepa_fast.embed.calibration.calibration_pixels`), N >= 8; a few hundred frames of the
-    data that will be embedded.
+    data that will be embedded. ``min_cosine``: default
+    :data:`usjepa_fast.export.onnx_export.REDUCED_PRECISION_MIN_COSINE`.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     t0 = time.perf_counter()
+    if min_cosine is None:
+        min_cosine = onnx_export.REDUCED_PRECISION_MIN_COSINE
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if method not in METHODS:
         raise UsfastError(f"unknown quantization method {method!r}; use static or dynamic")
