@@ -31,6 +31,71 @@ class TwoStageResult:
         return self.student.student_path
 
 
+def _shared_overrides(sources: list[str | Path], usrc: bool, seed: int, progress: bool, overrides) -> list[str]:
+    src = "[" + ", ".join(str(s) for s in sources) + "]"
+    return [
+        f"data.sources={src}",
+        f"mask.usrc={str(usrc).lower()}",
+        f"run.seed={seed}",
+        f"run.progress={str(progress).lower()}",
+        *overrides,
+    ]
+
+
+def _steps(steps: int) -> list[str]:
+    return [f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}"]
+
+
+def pixel_teacher_stage(
+    sources: list[str | Path],
+    out_dir: str | Path,
+    steps: int = 150,
+    overrides: list[str] | tuple[str, ...] = DEMO_OVERRIDES,
+    config: str = "pixel_teacher_tiny_cpu",
+    usrc: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    resume: bool = False,
+) -> RunSummary:
+    """SALT stage 1 into ``out_dir``: masked pixel reconstruction; its ``student.safetensors`` is the
+    frozen teacher of stage 2. Raises if the run stopped before its last step (e.g. Ctrl-C)."""
+    cfg = load_train_config(
+        config, [*_shared_overrides(sources, usrc, seed, progress, overrides), *_steps(steps), f"run.out_dir={out_dir}"]
+    )
+    log.info("SALT stage 1: pixel teacher, %d steps -> %s", steps, out_dir)
+    teacher = run(cfg, resume=resume)
+    if teacher.student_path is None:
+        raise RuntimeError(f"stage 1 stopped before the end ({teacher.step}/{teacher.total_steps} steps)")
+    return teacher
+
+
+def salt_student_stage(
+    teacher: str | Path,
+    sources: list[str | Path],
+    out_dir: str | Path,
+    steps: int = 150,
+    overrides: list[str] | tuple[str, ...] = DEMO_OVERRIDES,
+    config: str = "salt_tiny_cpu",
+    usrc: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    resume: bool = False,
+) -> RunSummary:
+    """SALT stage 2 into ``out_dir``: the student predicts the latents of the frozen ``teacher`` (any
+    teacher spec: a stage-1 ``student.safetensors``, a run dir, ``zoo:NAME=PATH``, ...)."""
+    cfg = load_train_config(
+        config,
+        [
+            *_shared_overrides(sources, usrc, seed, progress, overrides),
+            *_steps(steps),
+            f"teacher.spec={teacher}",
+            f"run.out_dir={out_dir}",
+        ],
+    )
+    log.info("SALT stage 2: student from teacher %s, %d steps -> %s", teacher, steps, out_dir)
+    return run(cfg, resume=resume)
+
+
 def pretrain_two_stage(
     sources: list[str | Path],
     out_dir: str | Path,
@@ -51,40 +116,9 @@ def pretrain_two_stage(
     continues either stage from its newest checkpoint (a finished stage is not re-run).
     """
     out = Path(out_dir)
-    src = "[" + ", ".join(str(s) for s in sources) + "]"
-    shared = [
-        f"data.sources={src}",
-        f"mask.usrc={str(usrc).lower()}",
-        f"run.seed={seed}",
-        f"run.progress={str(progress).lower()}",
-        *overrides,
-    ]
-    teacher_dir, student_dir = out / "teacher", out / "student"
-
-    t_cfg = load_train_config(
-        teacher_config,
-        [
-            *shared,
-            f"optim.steps={teacher_steps}",
-            f"optim.warmup_steps={max(1, teacher_steps // 10)}",
-            f"run.out_dir={teacher_dir}",
-        ],
+    common = dict(overrides=overrides, usrc=usrc, seed=seed, progress=progress, resume=resume)
+    teacher = pixel_teacher_stage(sources, out / "teacher", teacher_steps, config=teacher_config, **common)
+    student = salt_student_stage(
+        teacher.student_path, sources, out / "student", student_steps, config=student_config, **common
     )
-    log.info("SALT stage 1: pixel teacher, %d steps -> %s", teacher_steps, teacher_dir)
-    teacher = run(t_cfg, resume=resume)
-    if teacher.student_path is None:
-        raise RuntimeError(f"stage 1 stopped before the end ({teacher.step}/{teacher.total_steps} steps)")
-
-    s_cfg = load_train_config(
-        student_config,
-        [
-            *shared,
-            f"optim.steps={student_steps}",
-            f"optim.warmup_steps={max(1, student_steps // 10)}",
-            f"teacher.spec={teacher.student_path}",
-            f"run.out_dir={student_dir}",
-        ],
-    )
-    log.info("SALT stage 2: student from teacher %s, %d steps -> %s", teacher.student_path, student_steps, student_dir)
-    student = run(s_cfg, resume=resume)
     return TwoStageResult(teacher=teacher, student=student)
