@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from usjepa_fast.data.media import stretch_to_uint8
 from usjepa_fast.data.prepare_plan import (
     Listing,
     PrepareOptions,
@@ -102,10 +103,7 @@ def storage_shape(h: int, w: int, storage_size: int | None, max_side: int | None
 def store_frame(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A native gray frame -> stored uint8 ``shape`` (PIL bilinear, antialiased when shrinking; 16-bit
     frames stretched linearly from their min..max to 0..255 first, keeping their window)."""
-    if gray.dtype != np.uint8:
-        lo, hi = float(gray.min()), float(gray.max())
-        scaled = (gray.astype(np.float32) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(gray.shape, np.float32)
-        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    gray = stretch_to_uint8(gray)
     if gray.shape == shape:
         return np.ascontiguousarray(gray)
     return np.asarray(Image.fromarray(gray).resize((shape[1], shape[0]), Image.BILINEAR))
