@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from usjepa_fast.errors import DataError
-
 log = logging.getLogger("usfast")
 
 
@@ -94,44 +92,17 @@ def read_image(src: Source, scan_region: bool = True) -> tuple[np.ndarray, np.nd
 def source_mask(src: Source, frame: np.ndarray) -> np.ndarray | None:
     """The scan region of a source for frames shaped like ``frame``; None = the whole frame.
 
-    Its own mask file first (an UltraBench record's, or ``<stem>.scanmask.png``). A clip's region
-    otherwise is :func:`usjepa_fast.data.clips.scan_mask` (the one clip rule: spread frames, cached),
-    so embed, training and ``usfast masks`` agree on every clip; an image's is detected on the image
-    itself, which is what ``scan_mask`` does for an image (without writing a cache entry per file).
+    :func:`usjepa_fast.data.clips.scan_mask`, the one rule of every command: its own mask file first
+    (an UltraBench record's, or ``<stem>.scanmask.png``), a DICOM object's B-mode regions, else the
+    cached detection (a clip on spread frames, an image on ``frame`` itself), so embed, training and
+    ``usfast masks`` agree on every file.
     """
-    from usjepa_fast.data.scan_region import load_mask
+    from usjepa_fast.data.clips import scan_mask
 
-    if src.kind == "video":
-        from usjepa_fast.data.clips import scan_mask
-
-        mask = scan_mask(src.path, provided=src.mask_path)
-        if mask.shape == frame.shape:
-            return None if mask.all() else mask
-        log.warning(
-            "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
-        )
-        return None
-    if src.mask_path is not None:
-        mask = load_mask(src.mask_path)
-        if mask.shape == frame.shape:
-            return mask
-        log.warning(
-            "scan mask %s is %s but %s frames are %s; detecting the region instead",
-            src.mask_path,
-            mask.shape,
-            src.path,
-            frame.shape,
-        )
-    return detect_region(frame)
-
-
-def detect_region(frames: np.ndarray) -> np.ndarray | None:
-    """Scan region of ``(H, W)`` or ``(T, H, W)`` frames, or None when detection finds nothing."""
-    from usjepa_fast.data.scan_region import detect_scan_region
-
-    try:
-        mask = detect_scan_region(frames)
-    except DataError as exc:
-        log.debug("scan region detection skipped: %s", exc)
-        return None
-    return mask if mask.any() else None
+    mask = scan_mask(src.path, provided=src.mask_path, image=frame if src.kind == "image" else None)
+    if mask.shape == frame.shape:
+        return None if mask.all() else mask
+    log.warning(
+        "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
+    )
+    return None
