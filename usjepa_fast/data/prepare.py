@@ -135,12 +135,17 @@ def _unit_frames(
 ) -> tuple[np.ndarray | None, Iterator[tuple[int, float, np.ndarray]]]:
     """``(native scan mask or None = whole frame, iterator of (frame index, timestamp, gray))``.
     Raises DataError when the unit cannot be read at all."""
-    from usjepa_fast.data.clips import scan_mask
+    from usjepa_fast.data.clips import frames_with_scan_mask, scan_mask
 
     path = root / unit.rel
     if unit.kind == "ultrabench":
         gray, mask = _ultrabench(str(root)).load(unit.record)
         return mask, iter([(0, 0.0, gray)])
+    if unit.kind == "video" and options.scan_mask != "none" and _one_pass(path, options, decoder):
+        read = frames_with_scan_mask(path, options.sampling, cache_dir=cache_dir, mask_cache=mask_cache)
+        if read.frames is not None:
+            return read.mask, _replay(read.frames, read.stopped)
+        return read.mask, ((f.index, f.timestamp, f.image) for f in decoder.frames(path, options.sampling))
     mask = None
     if options.scan_mask != "none":
         mask = scan_mask(path, mode=options.scan_mask, cache_dir=cache_dir, mask_cache=mask_cache)
@@ -155,6 +160,22 @@ def _unit_frames(
     else:
         frames = decoder.frames(path, options.sampling)
     return mask, ((f.index, f.timestamp, f.image) for f in frames)
+
+
+def _one_pass(path: Path, options: PrepareOptions, decoder) -> bool:
+    """A PyAV clip whose region must be detected: one decoding pass gives its frames and its mask
+    (``clips.frames_with_scan_mask``) instead of one for the mask's spread frames and one for the frames."""
+    from usjepa_fast.data.clips import declared_mask_source
+    from usjepa_fast.data.video import PyAVDecoder, base_decoder
+
+    return isinstance(base_decoder(decoder), PyAVDecoder) and declared_mask_source(path, options.scan_mask) is None
+
+
+def _replay(frames: list, stopped: str | None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Frames read already, then the decoding error that ended them early (a short clip keeps them)."""
+    yield from frames
+    if stopped is not None:
+        raise DataError(stopped)
 
 
 def _write_unit(
