@@ -168,3 +168,16 @@ def test_dicom_folder_is_a_training_input(make_cfg, tmp_path) -> None:
     assert sorted(p.name for p in cines) == ["IM_0001", "cine_000.dcm"]
     assert len(data.corpus) == 1 + sum(read_dicom_info(p).num_frames for p in cines)
     assert run(cfg).finished
+
+
+def test_resume_refuses_a_prepared_corpus_that_changed(make_cfg, synth_root, tmp_path) -> None:
+    from usjepa_fast.data.prepare import prepare_corpus
+    from usjepa_fast.errors import UsfastError
+
+    corpus = tmp_path / "corpus"
+    prepare_corpus([synth_root / "clips"], corpus, storage_size=32, shard_frames=16)
+    common = (*PIXEL, f"data.sources=[{corpus}]", "data.val_fraction=0", "run.ckpt_every=1")
+    assert run(make_cfg(tmp_path / "run", *common, "run.stop_after=1")).step == 1
+    prepare_corpus([synth_root / "clips"], corpus, storage_size=40, shard_frames=16, overwrite=True)
+    with pytest.raises(UsfastError, match="another version of prepared corpus"):
+        run(make_cfg(tmp_path / "run", *common), resume=True)

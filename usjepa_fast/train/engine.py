@@ -532,6 +532,8 @@ class Trainer:
             "best_val": self.best_val,
             "config": to_dict(self.cfg),
             "student_timm": self.student.timm_spec(),
+            # prepared corpus root -> fingerprint: a resume over other frames would not be exact
+            "data_fingerprints": self.state_fingerprints(),
         }
 
     def save_checkpoint(self, collective: bool = True, **kwargs: Any) -> Path | None:
@@ -550,6 +552,13 @@ class Trainer:
         state = ckpt.load_training_state(path)
         if state.get("format") != CKPT_FORMAT:
             raise UsfastError(f"{path} is not a usfast training checkpoint (format {state.get('format')!r})")
+        saved, now = state.get("data_fingerprints"), self.state_fingerprints()
+        changed = [] if saved is None else sorted(r for r in set(saved) | set(now) if saved.get(r) != now.get(r))
+        if changed:
+            raise UsfastError(
+                f"{path} was trained on another version of prepared corpus {changed[0]} (fingerprint "
+                f"{saved.get(changed[0])} then, {now.get(changed[0])} now); restore that corpus or start a new run"
+            )
         self.student.load_state_dict(state["student"])
         self.predictor.load_state_dict(state["predictor"])
         if state.get("teacher") is not None and self.teacher is not None and self.teacher.is_ema:
@@ -566,6 +575,10 @@ class Trainer:
             log.warning("checkpoint %s has no RNG state for %d ranks; reseeding", path, self.dist.world_size)
             self._seed_process(self.cfg.run.seed * 1000 + self.dist.rank + 1 + self.step)
         self._batches = None
+
+    def state_fingerprints(self) -> dict[str, str]:
+        """Prepared corpus root -> fingerprint of this run's ``data.sources`` (empty for other inputs)."""
+        return self.pretrain_data.fingerprints if self.pretrain_data is not None else {}
 
     def export_student(self) -> Path | None:
         """Write the export-ready ``student.safetensors`` + ``student.json`` (timm-loadable)."""
