@@ -91,3 +91,21 @@ def test_dicom_folder_embeds_every_frame_with_regions_and_no_patient_tags(
             assert s.encode() not in data and s not in p.name, (s, p)
     for s in secrets:
         assert s not in caplog.text
+
+
+def test_find_sources_lists_problems_and_only_safe_dicom_metadata(dicom_folder, tmp_path) -> None:
+    from usjepa_fast.data.synth import SYNTH_PATIENT
+    from usjepa_fast.embed.sources import DICOM_META_FIELDS, find_sources
+
+    (dicom_folder / "gone.dcm").symlink_to(tmp_path / "deleted.dcm")
+    (dicom_folder / "empty.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)  # a header with nothing in it
+    sources, problems = find_sources(dicom_folder)
+    assert set(problems) == {"gone.dcm", "empty.dcm"} and "dangling" in problems["gone.dcm"]
+    by_rel = {s.rel: s for s in sources}
+    aloka = by_rel["gdcm-US-ALOKA-16.dcm"]
+    assert tuple(aloka.meta) == DICOM_META_FIELDS and aloka.meta["region_source"] == "dicom-regions"
+    assert aloka.meta["rows"] == 480 and aloka.meta["columns"] == 640
+    assert aloka.meta["sop_instance_uid"] == str(pydicom.dcmread(aloka.path, stop_before_pixels=True).SOPInstanceUID)
+    assert by_rel["synth/cine_000.dcm"].kind == "video" and by_rel["synth/dual_000.dcm"].kind == "image"
+    text = repr([s.meta for s in sources])
+    assert not any(v in text for k, v in SYNTH_PATIENT.items() if k != "PatientSex")

@@ -10,8 +10,9 @@ records are read exactly as :class:`~usjepa_fast.data.ultrabench.UltraBenchDatas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,19 @@ class Source:
     label: int | None = None  # UltraBench class index (None for folders)
     record: bool = False  # an UltraBench record: read by ``data.ultrabench.load_record`` (dataset
     #   semantics: no mask = whole image, a mask of the wrong shape = unreadable record)
+    # what outputs may record about the file besides its path (DICOM: sop_instance_uid, rows, columns,
+    # region_source; never a patient tag); {} for other files
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+# the DICOM header fields an embed output may carry (issue 13's default): data.dicom.safe_metadata's
+# non-identifying fields minus what the index has already (frame index) or does not need
+DICOM_META_FIELDS = ("sop_instance_uid", "rows", "columns", "region_source")
+
+
+class SourceListing(NamedTuple):
+    sources: list[Source]
+    problems: dict[str, str]  # unreadable listing entries: path relative to the input -> reason
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -36,20 +50,46 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def list_sources(
+def find_sources(
     root: str | Path, kinds: tuple[str, ...] = ("image", "video"), splits: tuple[str, ...] | None = None
-) -> list[Source]:
-    """Sources under ``root``: an UltraBench directory (images of ``splits``, default all present
-    splits, with their masks) or any folder/file of media (recursive, sorted)."""
-    from usjepa_fast.data.media import list_media, media_kind
+) -> SourceListing:
+    """Sources under ``root`` and its unreadable entries: an UltraBench directory (images of ``splits``,
+    default all present splits, with their masks) or any folder/file of media (``data.media.find_media``:
+    recursive, sorted, DICOM by its header; dangling links and other unreadable entries in
+    ``problems``, keyed like the index). DICOM sources carry :data:`DICOM_META_FIELDS` in ``meta``."""
+    from usjepa_fast.data.media import find_media, is_dicom_file, log_problems, media_kind
     from usjepa_fast.data.ultrabench import is_ultrabench_dir
 
     root = Path(root)
     if is_ultrabench_dir(root):
-        return ultrabench_sources(root, splits)
-    files = list_media(root, kinds)
+        return SourceListing(ultrabench_sources(root, splits), {})
+    listing = find_media(root, kinds)
+    log_problems(listing.problems)
     base = root if root.is_dir() else root.parent
-    return [Source(p, _rel(p, base), media_kind(p) or "image", sibling_mask(p)) for p in files]
+    sources = []
+    for p in listing.files:
+        meta = _dicom_meta(p) if media_kind(p) is not None and is_dicom_file(p) else {}
+        sources.append(Source(p, _rel(p, base), media_kind(p) or "image", sibling_mask(p), meta=meta))
+    return SourceListing(sources, {_rel(pr.path, base): pr.reason for pr in listing.problems})
+
+
+def _dicom_meta(path: Path) -> dict[str, Any]:
+    """The allow-listed header fields of a DICOM source; ``region_source`` is the source of the mask
+    :func:`source_mask` will use (the header's regions, a provided mask, or ``"detected"``)."""
+    from usjepa_fast.data.clips import declared_mask_source
+    from usjepa_fast.data.dicom import safe_metadata
+
+    safe = safe_metadata(path)
+    meta = {k: safe[k] for k in DICOM_META_FIELDS}
+    meta["region_source"] = declared_mask_source(path) or "detected"
+    return meta
+
+
+def list_sources(
+    root: str | Path, kinds: tuple[str, ...] = ("image", "video"), splits: tuple[str, ...] | None = None
+) -> list[Source]:
+    """:func:`find_sources`'s sources (its problems are logged)."""
+    return find_sources(root, kinds, splits).sources
 
 
 def sibling_mask(path: Path) -> Path | None:
