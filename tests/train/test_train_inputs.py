@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support.media import folder_state, remux_with_edit_list, truncate_after_index
+from support.media import folder_state, write_broken_clips
 
 from usjepa_fast.data import synth
 from usjepa_fast.train import run
@@ -30,22 +30,7 @@ def _losses(run_dir: Path) -> list[float]:
 def broken_clips(tmp_path_factory) -> SimpleNamespace:
     """``edit_list.mov`` (lists 30 frames, presents 24), ``truncated.mp4`` (index first, second half of
     the data gone), ``black_start.mp4`` (10 black frames first), ``good.mp4``, ``gone.mp4`` (dangling)."""
-    base = tmp_path_factory.mktemp("broken")
-    src, root = base / "src", base / "clips"
-    src.mkdir()
-    root.mkdir()
-    rng = np.random.default_rng(5)
-    fan, _, _ = synth.render_clip(rng, 1, 64, 30, None, "fan")
-    linear, _, _ = synth.render_clip(rng, 2, 64, 24, None, "linear")
-    synth.write_video(fan, src / "fan.mp4", fps=10)
-    remux_with_edit_list(src / "fan.mp4", root / "edit_list.mov", trim_frames=6)
-    truncate_after_index(src / "fan.mp4", root / "truncated.mp4", keep=0.5)
-    black = fan.copy()
-    black[:10] = 0
-    synth.write_video(black, root / "black_start.mp4", fps=10)
-    synth.write_video(linear, root / "good.mp4", fps=10)
-    (root / "gone.mp4").symlink_to(src / "deleted.mp4")
-    return SimpleNamespace(root=root)
+    return write_broken_clips(tmp_path_factory.mktemp("broken"), size=64, seed=5)
 
 
 def test_training_over_broken_clips_runs_to_the_end_and_reports_them(
