@@ -71,6 +71,15 @@ def test_training_over_broken_clips_runs_to_the_end_and_reports_them(
             np.testing.assert_array_equal(preview[src.path.name], reference)
             embedded = source_mask(src, first)
             np.testing.assert_array_equal(reference if embedded is None else embedded, reference)
+        # embed and the masks preview over the same (read-only) folder write only where told
+        from usjepa_fast.embed import EmbedOptions, embed_folder, open_backend
+        from usjepa_fast.masking.preview import render_mask_preview
+
+        backend = open_backend("random:vit_tiny_patch16_224", "torch", "cpu", img_size=32, threads=1)
+        done = embed_folder(data, tmp_path / "emb", backend, options=EmbedOptions(every_k=6, progress=False))
+        # (embed's own rule for a clip that ends early: failed here; the embed engine owns it)
+        assert done.files_embedded >= 3 and set(done.failed) <= {"truncated.mp4"}
+        render_mask_preview(data, tmp_path / "preview.png", image_size=32, patch_size=4, n=4)
     finally:
         if read_only:
             data.chmod(0o755)
