@@ -454,6 +454,10 @@ def prepare_corpus(
     )
     if workers < 1:
         raise DataError(f"workers={workers} must be >= 1")
+    from usjepa_fast.data.clips import MASK_CACHE_MODES
+
+    if mask_cache not in MASK_CACHE_MODES:
+        raise DataError(f"mask_cache={mask_cache!r} is not one of {MASK_CACHE_MODES}")
     out = Path(out_dir)
     _check_out_dir(out)
     listing = _load_or_plan(out, sources, options, workers, overwrite)
