@@ -5,6 +5,7 @@ exactly and gives the raw folder's losses; the hold-out is whole clips; DICOM fo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_validation_never_shares_a_clip_with_training(synth_root, tmp_path) -> N
     assert data.clips[0] is not None and len(data.clips[0]) == data.sizes[0]
 
 
-def test_dicom_folder_is_a_training_input(make_cfg, tmp_path) -> None:
+def test_dicom_folder_is_a_training_input(make_cfg, tmp_path, monkeypatch, caplog) -> None:
     """Issue 13: cine loops are clips, single-frame objects images; every frame is an item."""
     pytest.importorskip("pydicom", minversion="3.0")
     from usjepa_fast.data.dicom import read_dicom_info
@@ -161,7 +162,22 @@ def test_dicom_folder_is_a_training_input(make_cfg, tmp_path) -> None:
     cines = [p for p in data.corpus.datasets[1].files]
     assert sorted(p.name for p in cines) == ["IM_0001", "cine_000.dcm"]
     assert len(data.corpus) == 1 + sum(read_dicom_info(p).num_frames for p in cines)
-    assert run(cfg).finished
+    from usjepa_fast.data.prepare import prepare_corpus
+
+    monkeypatch.setenv("USFAST_CACHE_DIR", str(tmp_path / "cache"))
+    prepare_corpus([tmp_path / "d"], tmp_path / "corpus", storage_size=32, shard_frames=8)
+    with caplog.at_level(logging.DEBUG, logger="usfast"):
+        assert run(cfg).finished
+        prepared = make_cfg(tmp_path / "run2", *PIXEL, "optim.steps=2", f"data.sources=[{tmp_path / 'corpus'}]")
+        assert run(prepared).finished
+    # privacy: no patient tag in any run, corpus or cache file (contents and names) nor in the log
+    secrets = [v for k, v in synth.SYNTH_PATIENT.items() if k != "PatientSex"]
+    for folder in ("run", "run2", "corpus", "cache"):
+        for f in (tmp_path / folder).rglob("*"):
+            if f.is_file():
+                data_bytes = f.read_bytes()
+                assert not any(v.encode() in data_bytes or v in f.name for v in secrets), f
+    assert not any(v in caplog.text for v in secrets)
 
 
 def test_resume_refuses_a_prepared_corpus_that_changed(make_cfg, synth_root, tmp_path) -> None:
