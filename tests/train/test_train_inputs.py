@@ -191,3 +191,25 @@ def test_resume_refuses_a_prepared_corpus_that_changed(make_cfg, synth_root, tmp
     prepare_corpus([synth_root / "clips"], corpus, storage_size=40, shard_frames=16, overwrite=True)
     with pytest.raises(UsfastError, match="another version of prepared corpus"):
         run(make_cfg(tmp_path / "run", *common), resume=True)
+
+
+def test_files_failing_in_dataloader_workers_reach_the_run_summary(make_cfg, synth_root, tmp_path, monkeypatch) -> None:
+    """A clip that breaks after indexing (replaced, unmounted) fails inside a DataLoader worker: the
+    run goes on with other clips' frames and the summary names the file."""
+    from usjepa_fast.data.folders import VideoFrameDataset
+    from usjepa_fast.errors import DataError
+
+    original = VideoFrameDataset._clip_frames
+
+    def breaks(self, path):
+        if path.name == "clip_001.webm":
+            raise DataError(f"video {path} is corrupt or truncated after 0 frames; re-encode or remove it")
+        return original(self, path)
+
+    monkeypatch.setattr(VideoFrameDataset, "_clip_frames", breaks)  # inherited by the forked worker
+    sources = f"data.sources=[{synth_root / 'clips'}]"
+    cfg = make_cfg(tmp_path / "run", *PIXEL, sources, "data.val_fraction=0", "data.num_workers=1", "data.every_k=2")
+    summary = run(cfg)
+    assert summary.finished
+    assert list(summary.inputs["failed"]) == [str(synth_root / "clips" / "clip_001.webm")]
+    assert summary.inputs["counts"]["failed"] == 1
