@@ -8,8 +8,8 @@ FFmpeg's threads included), on the same clips:
                         trainer's sampler does today (the dataset keeps 2 decoded clips; a miss decodes
                         the whole clip)
   (b) video, clip-aware a sampler that shuffles clips and reads ``--frames-per-visit`` frames of one
-                        clip per visit (:class:`ClipVisitSampler` below; the production version goes
-                        into ``data/sampler.py``): one decode serves a visit
+                        clip per visit (``data.sampler.CorpusSampler``'s clip mode, what the trainer
+                        uses with ``data.frames_per_visit``): one decode serves a visit
   (c) prepared          ``PreparedCorpus(transform=None)`` in random order + ``collate_frames``: bytes
                         only, batches of 256 padded uint8 frames (the GPU then runs
                         ``preprocess_train_batch`` next to the step)
@@ -69,29 +69,6 @@ def make_clips(folder: Path, n: int, frames: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-class ClipVisitSampler(torch.utils.data.Sampler[int]):
-    """Clip-aware order over items grouped by clip: each epoch, every clip's items are shuffled and cut
-    into visits of ``k`` frames (sorted inside a visit: one forward decode serves it), and the visits
-    of all clips are shuffled; every item appears once per epoch."""
-
-    def __init__(self, clip_of_item: np.ndarray, k: int, seed: int = 0) -> None:
-        self.clip_of_item, self.k, self.seed, self.epoch = np.asarray(clip_of_item), k, seed, 0
-
-    def visits(self) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        out = []
-        for clip in np.unique(self.clip_of_item):
-            items = rng.permutation(np.flatnonzero(self.clip_of_item == clip))
-            out += [np.sort(items[i : i + self.k]) for i in range(0, len(items), self.k)]
-        return [out[i] for i in rng.permutation(len(out))]
-
-    def __iter__(self):
-        return iter(np.concatenate(self.visits()).tolist())
-
-    def __len__(self) -> int:
-        return len(self.clip_of_item)
-
-
 def cpu_timed(fn) -> tuple[float, float, object]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
@@ -114,7 +91,11 @@ def measure_video(folder: Path, cache: Path, n_samples: int, visits: int, k: int
     wall_a, cpu_a, _ = cpu_timed(lambda: [ds[int(i)] for i in order])
     ds = video_dataset(folder, cache)
     clip_of = np.asarray([fid for fid, _, _ in ds.index])
-    picked = np.concatenate(ClipVisitSampler(clip_of, k, seed).visits()[:visits])
+    from usjepa_fast.data.sampler import CorpusSampler
+
+    sampler = CorpusSampler([len(clip_of)], cap=None, seed=seed, clips=[clip_of], frames_per_visit=k)
+    items, lengths = sampler.member_visits(0, 0)  # the trainer's clip-aware epoch of this member
+    picked = items[: int(lengths[:visits].sum())]
     wall_b, cpu_b, _ = cpu_timed(lambda: [ds[int(i)] for i in picked])
     return {
         "items": len(ds),

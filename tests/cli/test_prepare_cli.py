@@ -35,3 +35,5 @@ def test_prepare_command_lists_unreadable_and_resumes(synth_root: Path, tmp_path
     assert other.exit_code != 0 and "other options" in str(other.exception)
     bad = runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "x"), "--storage-size", "big"])
     assert bad.exit_code != 0 and "--storage-size" in str(bad.exception)
+    bad = runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "y"), "--mask-cache", "nearby"])
+    assert bad.exit_code != 0 and "mask_cache" in str(bad.exception) and not (tmp_path / "y").exists()

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from support.media import folder_state, moving_frames, remux_with_edit_list, truncate_after_index, write_clip
+from support.media import folder_state, moving_frames, write_broken_clips, write_clip
 
-from usjepa_fast.data import clips, synth
+from usjepa_fast.data import clips
 from usjepa_fast.data.clips import ClipIndex, _SpreadKeeper, clip_index, scan_mask, spread_frames, spread_positions
 from usjepa_fast.data.folders import ImageFolderDataset, VideoFrameDataset
 from usjepa_fast.data.media import find_media, read_image_gray
@@ -31,22 +31,7 @@ def real_world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     index first and lost the second half of its data, ``black_start.mp4`` (fan) starts with 10 black
     frames, ``good.mp4`` (linear) is clean, and ``gone.mp4`` is a dangling symbolic link.
     """
-    base = tmp_path_factory.mktemp("real_world")
-    src, root = base / "src", base / "clips"
-    src.mkdir()
-    root.mkdir()
-    rng = np.random.default_rng(11)
-    fan, fan_true, _ = synth.render_clip(rng, 1, 96, 30, None, "fan")
-    linear, linear_true, _ = synth.render_clip(rng, 2, 96, 24, None, "linear")
-    synth.write_video(fan, src / "fan.mp4", fps=10)
-    remux_with_edit_list(src / "fan.mp4", root / "edit_list.mov", trim_frames=6)
-    truncate_after_index(src / "fan.mp4", root / "truncated.mp4", keep=0.5)
-    black = fan.copy()
-    black[:10] = 0
-    synth.write_video(black, root / "black_start.mp4", fps=10)
-    synth.write_video(linear, root / "good.mp4", fps=10)
-    (root / "gone.mp4").symlink_to(src / "deleted.mp4")
-    return SimpleNamespace(root=root, src=src, fan_true=fan_true, linear_true=linear_true)
+    return write_broken_clips(tmp_path_factory.mktemp("real_world"))
 
 
 class _OtherDecoder:

@@ -314,3 +314,37 @@ def test_members_join_a_mixed_corpus_and_split_by_group(sources, corpus, synth_r
     g2, m2 = corpus_groups(pc)  # the corpus itself: the same partition of its items
     t2, v2 = split_by_group(g2, 0.2, members=m2)
     assert not set(g2[t2]) & set(g2[v2]) and len(pc.fingerprint) == 16
+
+
+def test_a_clip_to_detect_is_decoded_once_with_the_folders_frames_and_mask(tmp_path, monkeypatch) -> None:
+    """No sidecar: prepare's one decoding pass gives the frames and the mask every other reader gets."""
+    from support.media import moving_frames, write_clip
+
+    from usjepa_fast.data.clips import scan_mask
+    from usjepa_fast.data.video import PyAVDecoder
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    frames = moving_frames(n=14)
+    frames[:3] = 0  # black start
+    clip = write_clip(root / "c.mp4", frames)
+    passes = []
+    original = PyAVDecoder.raw_frames
+
+    def counting(self, path, sampling=None):
+        passes.append(Path(path).name)
+        return original(self, path, sampling)
+
+    monkeypatch.setattr(PyAVDecoder, "raw_frames", counting)
+    monkeypatch.setenv("USFAST_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "c"
+    summary = prepare_corpus([root], out, storage_size=None, max_side=None, sampling=None, shard_frames=8)
+    assert passes == ["c.mp4"] and summary.frames == 14
+    monkeypatch.setattr(PyAVDecoder, "raw_frames", original)
+    c = PreparedCorpus(out, transform=Preprocessor(EVAL))
+    ref = VideoFrameDataset(root, transform=Preprocessor(EVAL))
+    assert len(c) == len(ref) == 14
+    for i in range(len(c)):
+        for key in ("image", "scan_mask", "valid_patches"):
+            assert torch.equal(c[i][key], ref[i][key]), (i, key)
+    np.testing.assert_array_equal(PreparedCorpus(out).read(0)[1], scan_mask(clip))  # the stored native mask

@@ -118,3 +118,58 @@ def test_bad_arguments_are_one_line_errors() -> None:
     ):
         with pytest.raises(DataError, match=match):
             CorpusSampler(**kwargs)
+
+
+def _clip_sampler(**kwargs) -> tuple[CorpusSampler, np.ndarray]:
+    """Member 0: 5 clips of 7, 1, 12, 3 and 9 frames (items of a clip interleaved, as after a split);
+    member 1: 10 images (no clips)."""
+    lengths = [7, 1, 12, 3, 9]
+    clip = np.repeat(np.arange(5), lengths)
+    clip = clip[np.random.default_rng(3).permutation(len(clip))]
+    defaults = dict(cap=None, seed=4, clips=[clip, None], frames_per_visit=4)
+    return CorpusSampler([len(clip), 10], **{**defaults, **kwargs}), clip
+
+
+def test_clip_mode_visits_hold_frames_of_one_clip_and_cover_every_item() -> None:
+    s, clip = _clip_sampler()
+    assert s.clip_mode
+    items, visits = s.member_visits(0, 0)
+    assert sorted(items.tolist()) == list(range(len(clip)))  # one arrangement: every frame once
+    assert visits.max() <= 4 and visits.sum() == len(items)
+    starts = np.cumsum(visits) - visits
+    for a, n in zip(starts, visits, strict=True):
+        visit = items[a : a + n]
+        assert len(set(clip[visit])) == 1  # one clip per visit
+        assert visit.tolist() == sorted(visit.tolist())  # sorted: one forward decode serves it
+    # the merged epoch keeps every visit adjacent and still holds both members
+    order = s.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(len(clip) + 10))
+    runs = [clip[i] for i in order if i < len(clip)]
+    switches = sum(a != b for a, b in zip(runs, runs[1:], strict=False))
+    assert switches < len(runs) // 2  # clip by clip, not frame by frame
+
+
+def test_clip_mode_is_deterministic_resumes_exactly_and_shards_whole_blocks() -> None:
+    s, _ = _clip_sampler()
+    s2, _ = _clip_sampler()
+    assert s.epoch_order(2).tolist() == s2.epoch_order(2).tolist()
+    assert s.epoch_order(0).tolist() != s.epoch_order(1).tolist()
+    full = list(s)
+    s2.set_epoch(0, start=9)
+    assert list(s2) == full[9:]
+    parts = [list(_clip_sampler(rank=r, world_size=2)[0]) for r in (0, 1)]
+    order = s.epoch_order(0).tolist()
+    assert parts[0] + parts[1] == (order + order)[: 2 * len(parts[0])]  # contiguous blocks, padded by wrapping
+    # frames_per_visit=1 or no clips: item mode, the same order as before
+    item_mode = CorpusSampler([32, 10], cap=None, seed=4)
+    assert _clip_sampler(frames_per_visit=1)[0].epoch_order(0).tolist() == item_mode.epoch_order(0).tolist()
+
+
+def test_clip_mode_capped_member_covers_every_frame_across_epochs() -> None:
+    s, clip = _clip_sampler(cap=8)
+    seen = np.concatenate([s.member_visits(0, e)[0] for e in range(len(clip) // 8 + 1)])
+    assert set(seen.tolist()) == set(range(len(clip)))
+    with pytest.raises(DataError, match="frames_per_visit"):
+        _clip_sampler(frames_per_visit=0)
+    with pytest.raises(DataError, match="clip ids"):
+        CorpusSampler([5], clips=[np.zeros(4, np.int64)], frames_per_visit=2)

@@ -98,3 +98,30 @@ def folder_state(root: Path) -> list[tuple[str, int, int]]:
             st = p.lstat()
             state.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
     return sorted(state)
+
+
+def write_broken_clips(base: Path, size: int = 96, seed: int = 11):
+    """A clip folder as real exports look, built with the simulator's writer and PyAV remuxing, in
+    ``base/clips`` (sources in ``base/src``): ``edit_list.mov`` lists 30 frames and presents 24 (its edit
+    list hides 6), ``truncated.mp4`` has its index first and lost the second half of its data,
+    ``black_start.mp4`` (fan) starts with 10 black frames, ``good.mp4`` (linear) is clean, and
+    ``gone.mp4`` is a dangling symbolic link. Returns a namespace (root, src, fan_true, linear_true)."""
+    from types import SimpleNamespace
+
+    from usjepa_fast.data import synth
+
+    src, root = base / "src", base / "clips"
+    src.mkdir()
+    root.mkdir()
+    rng = np.random.default_rng(seed)
+    fan, fan_true, _ = synth.render_clip(rng, 1, size, 30, None, "fan")
+    linear, linear_true, _ = synth.render_clip(rng, 2, size, 24, None, "linear")
+    synth.write_video(fan, src / "fan.mp4", fps=10)
+    remux_with_edit_list(src / "fan.mp4", root / "edit_list.mov", trim_frames=6)
+    truncate_after_index(src / "fan.mp4", root / "truncated.mp4", keep=0.5)
+    black = fan.copy()
+    black[:10] = 0
+    synth.write_video(black, root / "black_start.mp4", fps=10)
+    synth.write_video(linear, root / "good.mp4", fps=10)
+    (root / "gone.mp4").symlink_to(src / "deleted.mp4")
+    return SimpleNamespace(root=root, src=src, fan_true=fan_true, linear_true=linear_true)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from usjepa_fast.cli.main import app
 from usjepa_fast.train.config import DataConfig
-from usjepa_fast.train.data import build_pretrain_datasets
+from usjepa_fast.train.data import build_pretrain_data
 
 TINY = [
     "data.image_size=64",
@@ -30,8 +30,9 @@ TINY = [
 
 def test_corpus_split_is_disjoint_and_deterministic(synth_root) -> None:
     cfg = DataConfig(sources=[str(synth_root / "ultrabench")], image_size=64, val_fraction=0.1)
-    train, val, sizes = build_pretrain_datasets(cfg, patch_size=8, seed=0)
-    train2, val2, _ = build_pretrain_datasets(cfg, patch_size=8, seed=0)
+    data, data2 = build_pretrain_data(cfg, patch_size=8, seed=0), build_pretrain_data(cfg, patch_size=8, seed=0)
+    train, val, sizes = data.train, data.val, data.sizes
+    train2, val2 = data2.train, data2.val
     assert set(train.indices).isdisjoint(val.indices)
     assert train.indices == train2.indices and val.indices == val2.indices
     assert len(val) >= 1 and sizes == [len(train)]  # one source: one member, a permutation per epoch
@@ -44,7 +45,8 @@ def test_several_sources_give_contiguous_member_sizes_for_the_sampler(synth_root
 
     sources = [str(synth_root / "ultrabench"), str(synth_root / "clips")]
     cfg = DataConfig(sources=sources, image_size=32, val_fraction=0.1, every_k=4, cap=10)
-    train, _, sizes = build_pretrain_datasets(cfg, patch_size=16, seed=0)
+    data = build_pretrain_data(cfg, patch_size=16, seed=0)
+    train, sizes = data.train, data.sizes
     assert len(sizes) == 2 and sum(sizes) == len(train)
     members = [train.dataset.locate(i)[0] for i in train.indices]
     assert members == sorted(members) and [members.count(d) for d in (0, 1)] == sizes  # contiguous blocks

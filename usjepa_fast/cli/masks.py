@@ -19,8 +19,13 @@ def register(app: typer.Typer) -> None:
         patch_size: int = typer.Option(16, "--patch-size", help="ViT patch side."),
         config: Path = typer.Option(None, "--config", help="Take mask/image settings from a train config."),
         seed: int = typer.Option(0, "--seed", help="Seed of the mask draw."),
+        mask_cache: str = typer.Option(
+            "cache", "--mask-cache", help="Detected scan masks: cache (the cache dir) or beside (next to the data)."
+        ),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="usfast's data cache (default $USFAST_CACHE_DIR)."),
     ) -> None:
-        """Draw sampled context and target blocks and the detected scan region over frames."""
+        """Draw sampled context and target blocks and the scan region (the one training uses, its source
+        in each title) over frames; --n counts frames, spread over a single clip too."""
         from usjepa_fast.masking.multiblock import MaskConfig
         from usjepa_fast.masking.preview import render_mask_preview
 
@@ -31,5 +36,15 @@ def register(app: typer.Typer) -> None:
             mask_cfg, image_size, patch_size = train_cfg.mask, train_cfg.data.image_size, train_cfg.model.patch_size
         else:
             mask_cfg = MaskConfig(usrc=usrc, tau=tau)
-        path = render_mask_preview(source, out, mask_cfg, image_size=image_size, patch_size=patch_size, n=n, seed=seed)
+        path = render_mask_preview(
+            source,
+            out,
+            mask_cfg,
+            image_size=image_size,
+            patch_size=patch_size,
+            n=n,
+            seed=seed,
+            cache_dir=cache_dir,
+            mask_cache=mask_cache,
+        )
         typer.echo(f"wrote {path}")

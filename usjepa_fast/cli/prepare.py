@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         ),
         decoder: str = typer.Option("auto", "--decoder", help="Video decoder: auto/pyav or dali (CPU: VP9/MJPEG)."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="usfast's data cache (default $USFAST_CACHE_DIR)."),
+        mask_cache: str = typer.Option(
+            "cache", "--mask-cache", help="Detected scan masks: cache (the cache dir) or beside (next to the data)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a corpus of other sources/options."),
     ) -> None:
         """Decode every source once into frame shards + scan masks + a per-frame index, for `usfast train`."""
@@ -64,6 +67,7 @@ def register(app: typer.Typer) -> None:
             group_by=group_by,
             decoder=decoder,
             cache_dir=cache_dir,
+            mask_cache=mask_cache,
             overwrite=overwrite,
             progress=progress,
         )

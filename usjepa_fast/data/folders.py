@@ -1,20 +1,23 @@
 """Plain folders of ultrasound media as torch Datasets: images, and video frames.
 
 Both walk ``root`` recursively (hidden files and usfast's own ``*.scanmask.png`` sidecars skipped);
-entries that cannot be read (dangling symlinks, ...) are listed in ``.unreadable_files``. Scan masks
+DICOM objects are images (single frame) or clips (cine) by their header. Entries that cannot be read
+(dangling symlinks, unreadable DICOM headers, ...) are listed in ``.unreadable_files``. Scan masks
 come from :func:`usjepa_fast.data.clips.scan_mask`, the one rule every command uses: ``scan_mask=
-"auto"`` prefers a provided sidecar ``<stem>.scanmask.png`` (what ``usfast synth`` writes) over the
-cached detection, ``"detect"`` ignores sidecars and ``"none"`` uses the whole frame. Detected masks are
-cached in the cache dir (``cache_dir``, default ``$USFAST_CACHE_DIR`` or ``~/.cache/usfast``), never
-beside the data unless ``mask_cache="beside"``.
+"auto"`` prefers a provided sidecar ``<stem>.scanmask.png`` (what ``usfast synth`` writes), then a
+DICOM object's Ultrasound Regions, over the cached detection; ``"detect"`` ignores both and
+``"none"`` uses the whole frame. Detected masks are cached in the cache dir (``cache_dir``, default
+``$USFAST_CACHE_DIR`` or ``~/.cache/usfast``), never beside the data unless ``mask_cache="beside"``.
 
 Labels: when every file sits below a first-level sub-folder, those folder names are the classes
 (ImageNet-folder style) and ``label`` is the folder's index; otherwise ``label`` is -1.
 
 Unreadable files: ``on_error="raise"`` (default) raises :class:`DataError` naming the file;
 ``on_error="skip"`` logs the file once, counts the item in ``.skipped`` and returns the first item of
-the next file instead, so a long job never dies on one truncated file; only
+the next file instead (carrying ``failed: {path: reason}``, so a trainer whose DataLoader workers
+hit the failure still learns of it), so a long job never dies on one truncated file; only
 ``_MAX_FAILED_FILES`` consecutive unreadable *files* stop it, with an error naming them.
+:meth:`report` gathers what a job summary lists: unreadable, short and failed files.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch.utils.data import Dataset
 from usjepa_fast.data.clips import MASK_CACHE_MODES, ClipIndex, clip_indexes, scan_mask
 from usjepa_fast.data.media import find_media, log_problems, read_image_gray
 from usjepa_fast.data.preprocess import Preprocessor
-from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler
+from usjepa_fast.data.video import FrameSampling, PyAVDecoder, VideoDecoder, _Sampler, with_dicom
 from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
@@ -135,7 +138,7 @@ class _FolderBase(Dataset):
         j = idx
         for _ in range(len(self)):
             try:
-                return self._load(j)
+                item = self._load(j)
             except DataError as exc:
                 path = self._file_of(j)
                 self.skipped[j] = str(exc)
@@ -147,6 +150,10 @@ class _FolderBase(Dataset):
                 if len(failed) >= min(_MAX_FAILED_FILES, len(self.files)):
                     break
                 j = self._next_file_item(j)
+                continue
+            if failed:  # a substitute: say which files it stands in for
+                item["failed"] = {str(p): self.failed_files[str(p)] for p in failed}
+            return item
         names = ", ".join(p.name for p in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
         raise DataError(
             f"{self.root}: {len(failed)} consecutive files are unreadable from item {idx} ({names}: "
@@ -157,9 +164,20 @@ class _FolderBase(Dataset):
     def num_skipped(self) -> int:
         return len(self.skipped)
 
+    def report(self) -> dict[str, dict[str, str]]:
+        """``unreadable`` (listing problems, clips that cannot be indexed), ``short`` (clips that ended
+        before their container said) and ``failed`` (files that failed while reading items in this
+        process): path -> one-line reason."""
+        short = getattr(self, "short_clips", {})
+        return {
+            "unreadable": dict(self.unreadable_files),
+            "short": {p: clip.describe(p) for p, clip in short.items()},
+            "failed": dict(self.failed_files),
+        }
+
 
 class ImageFolderDataset(_FolderBase):
-    """Every image under ``root`` (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB; read as gray).
+    """Every image under ``root`` (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB, single-frame DICOM; read as gray).
 
     Item: ``dict(image, scan_mask, valid_patches, label, group="", path)`` as for UltraBench.
     """
@@ -205,6 +223,8 @@ class VideoFrameDataset(_FolderBase):
 
     Random access decodes the clip's sampled frames once and keeps the last ``clip_cache`` clips in
     memory; iterate roughly clip by clip (or bound ``max_frames``) for speed on long videos.
+    Multi-frame DICOM objects are clips too: indexed from their header, decoded by
+    :class:`~usjepa_fast.data.dicom.DicomDecoder` (whatever ``decoder`` is given).
     Item: ``dict(image, scan_mask, valid_patches, label, group=<clip path>, path, frame_index, timestamp)``.
     """
 
@@ -222,7 +242,7 @@ class VideoFrameDataset(_FolderBase):
     ) -> None:
         super().__init__(root, "video", transform, scan_mask, cache_dir, on_error, mask_cache)
         self.sampling = sampling or FrameSampling()
-        self.decoder: VideoDecoder = decoder or PyAVDecoder()
+        self.decoder: VideoDecoder = with_dicom(decoder or PyAVDecoder())  # DICOM cine -> the DICOM reader
         self.clip_cache = max(1, clip_cache)
         self._decoded: OrderedDict[Path, dict[int, tuple[float, np.ndarray]]] = OrderedDict()
         n_listed = len(self.files) + len(self.unreadable_files)  # entries found, readable or not

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from usjepa_fast.data.media import stretch_to_uint8
 from usjepa_fast.data.prepare_plan import (
     Listing,
     PrepareOptions,
@@ -102,10 +103,7 @@ def storage_shape(h: int, w: int, storage_size: int | None, max_side: int | None
 def store_frame(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A native gray frame -> stored uint8 ``shape`` (PIL bilinear, antialiased when shrinking; 16-bit
     frames stretched linearly from their min..max to 0..255 first, keeping their window)."""
-    if gray.dtype != np.uint8:
-        lo, hi = float(gray.min()), float(gray.max())
-        scaled = (gray.astype(np.float32) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(gray.shape, np.float32)
-        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    gray = stretch_to_uint8(gray)
     if gray.shape == shape:
         return np.ascontiguousarray(gray)
     return np.asarray(Image.fromarray(gray).resize((shape[1], shape[0]), Image.BILINEAR))
@@ -137,12 +135,17 @@ def _unit_frames(
 ) -> tuple[np.ndarray | None, Iterator[tuple[int, float, np.ndarray]]]:
     """``(native scan mask or None = whole frame, iterator of (frame index, timestamp, gray))``.
     Raises DataError when the unit cannot be read at all."""
-    from usjepa_fast.data.clips import scan_mask
+    from usjepa_fast.data.clips import frames_with_scan_mask, scan_mask
 
     path = root / unit.rel
     if unit.kind == "ultrabench":
         gray, mask = _ultrabench(str(root)).load(unit.record)
         return mask, iter([(0, 0.0, gray)])
+    if unit.kind == "video" and options.scan_mask != "none" and _one_pass(path, options, decoder):
+        read = frames_with_scan_mask(path, options.sampling, cache_dir=cache_dir, mask_cache=mask_cache)
+        if read.frames is not None:
+            return read.mask, _replay(read.frames, read.stopped)
+        return read.mask, ((f.index, f.timestamp, f.image) for f in decoder.frames(path, options.sampling))
     mask = None
     if options.scan_mask != "none":
         mask = scan_mask(path, mode=options.scan_mask, cache_dir=cache_dir, mask_cache=mask_cache)
@@ -157,6 +160,22 @@ def _unit_frames(
     else:
         frames = decoder.frames(path, options.sampling)
     return mask, ((f.index, f.timestamp, f.image) for f in frames)
+
+
+def _one_pass(path: Path, options: PrepareOptions, decoder) -> bool:
+    """A PyAV clip whose region must be detected: one decoding pass gives its frames and its mask
+    (``clips.frames_with_scan_mask``) instead of one for the mask's spread frames and one for the frames."""
+    from usjepa_fast.data.clips import declared_mask_source
+    from usjepa_fast.data.video import PyAVDecoder, base_decoder
+
+    return isinstance(base_decoder(decoder), PyAVDecoder) and declared_mask_source(path, options.scan_mask) is None
+
+
+def _replay(frames: list, stopped: str | None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Frames read already, then the decoding error that ended them early (a short clip keeps them)."""
+    yield from frames
+    if stopped is not None:
+        raise DataError(stopped)
 
 
 def _write_unit(
@@ -435,6 +454,10 @@ def prepare_corpus(
     )
     if workers < 1:
         raise DataError(f"workers={workers} must be >= 1")
+    from usjepa_fast.data.clips import MASK_CACHE_MODES
+
+    if mask_cache not in MASK_CACHE_MODES:
+        raise DataError(f"mask_cache={mask_cache!r} is not one of {MASK_CACHE_MODES}")
     out = Path(out_dir)
     _check_out_dir(out)
     listing = _load_or_plan(out, sources, options, workers, overwrite)

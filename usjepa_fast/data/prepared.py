@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from usjepa_fast.data.media import stretch_to_uint8
 from usjepa_fast.data.preprocess import Preprocessor, pad_frames
+from usjepa_fast.data.sampler import DEFAULT_CAP, corpus_weights
 from usjepa_fast.data.shards import FrameReader, read_part_index
 from usjepa_fast.errors import DataError
 
 CORPUS_FILE = "corpus.json"
-DEFAULT_CAP = 50_000  # TODO(sampler): data.sampler.DEFAULT_CAP once the one sampler lands
 
 
 def is_prepared_corpus(path: str | Path) -> bool:
@@ -67,6 +68,7 @@ class PreparedCorpus(Dataset):
         self.transform = transform
         self.cap = cap
         self.unreadable: list[tuple[str, str]] = [tuple(p) for p in manifest["unreadable"]]
+        self.short: list[tuple[str, str]] = [tuple(p) for p in manifest.get("short", [])]  # ended early, kept
         units = manifest["units"]
         # Fixed-width numpy string arrays, not lists: forked DataLoader workers share them page by page
         # (touching a Python object's refcount would copy its page into every worker).
@@ -92,9 +94,7 @@ class PreparedCorpus(Dataset):
         self.offsets: list[int] = np.cumsum([0, *self.sizes]).tolist()
         self.member_roots = [Path(m["root"]) for m in manifest["members"]]
         self._root_strs = [str(r) for r in self.member_roots]
-        capped = np.minimum(np.asarray(self.sizes, dtype=np.float64), cap)
-        # TODO(sampler): data.sampler.corpus_weights(self.sizes, cap)
-        self.weights: np.ndarray = capped / capped.sum() if len(capped) else capped
+        self.weights: np.ndarray = corpus_weights(self.sizes, cap)  # the sampler's rule, ∝ min(size, cap)
         self._source_of_member = {m: i for i, m in enumerate(self._members)}
         self._reader = FrameReader(self.root / "shards")
 
@@ -192,14 +192,19 @@ class PreparedCorpus(Dataset):
         return range(int(self.clip_offsets[unit]), int(self.clip_offsets[unit + 1]))
 
 
-def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Items of a ``PreparedCorpus(transform=None)`` -> ``dict(frames (B, Hm, Wm) uint8, masks (B, Hm,
-    Wm) bool, sizes (B, 2), source (B,), clip (B,))`` for :func:`preprocess_train_batch` on the device."""
-    frames, masks, sizes = pad_frames([it["image"] for it in items], [it["scan_mask"] for it in items])
-    return {
-        "frames": frames,
-        "masks": masks,
-        "sizes": sizes,
-        "source": torch.tensor([it["source"] for it in items], dtype=torch.int64),
-        "clip": torch.tensor([it["clip"] for it in items], dtype=torch.int64),
-    }
+def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Raw items (``image (h, w)`` gray, ``scan_mask (h, w)`` bool: a ``PreparedCorpus(transform=None)``
+    or ``build_pretrain_corpus(preprocess=None)``) -> ``dict(frames (B, Hm, Wm) uint8, masks (B, Hm, Wm)
+    bool, sizes (B, 2), source (B,)[, clip (B,)][, failed {path: reason}])`` for
+    :func:`preprocess_train_batch` on the device (16-bit frames: ``media.stretch_to_uint8``)."""
+    frames, masks, sizes = pad_frames(
+        [stretch_to_uint8(np.asarray(it["image"])) for it in items], [it["scan_mask"] for it in items]
+    )
+    out: dict[str, Any] = {"frames": frames, "masks": masks, "sizes": sizes}
+    for key in ("source", "clip"):
+        if all(key in it for it in items):
+            out[key] = torch.tensor([it[key] for it in items], dtype=torch.int64)
+    failed = {p: r for it in items for p, r in (it.get("failed") or {}).items()}
+    if failed:
+        out["failed"] = failed
+    return out

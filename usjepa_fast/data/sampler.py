@@ -20,11 +20,17 @@ A pretraining corpus is a concatenation of member datasets (dataset 0's items fi
 Everything is a pure function of ``(seed, epoch)``; ``set_epoch(epoch, start)`` skips the first
 ``start`` items of this rank's epoch, which is how a resumed run continues exactly where it stopped.
 
-Extension point (clip-aware sampling, issue 12): a member's epoch is built by :meth:`CorpusSampler.
-member_visits` as ``(items, visit_lengths)``: consecutive runs of items that are read together. In
-item mode every visit is one item. A clip-aware mode overrides it to permute *clips* and emit
-``frames_per_visit`` frames of a clip per visit; the merge already shuffles whole visits and keeps
-each visit's items adjacent (one clip decode serves several samples).
+Clip-aware mode (``clips=`` + ``frames_per_visit=k > 1``): reading one random frame of a video costs
+a decode of (a good part of) its clip, so a member whose items are frames of clips is visited clip by
+clip. Its endless stream is made of *arrangements* instead of permutations: arrangement ``j`` shuffles
+each clip's items, cuts them into visits of at most ``k`` items (sorted inside a visit, so one forward
+decode serves it) and shuffles the visits of all clips. An epoch takes the next ``quota`` items of
+that stream, cutting the visits at the window's edges, so quotas, coverage across epochs and resume
+are exactly those of item mode. :meth:`CorpusSampler.member_visits` returns ``(items, visit_lengths)``
+either way; the merge shuffles whole visits and keeps each visit's items adjacent. In this mode the
+ranks get contiguous blocks of the merged (padded) order, so a visit is split between ranks only at
+the ``world_size - 1`` block edges. :func:`clip_ids` reads the clip of each item from the datasets
+usfast builds.
 """
 
 from __future__ import annotations
@@ -38,7 +44,25 @@ from torch.utils.data import Sampler
 from usjepa_fast.errors import DataError
 
 DEFAULT_CAP = 50_000
-_MEMBER, _MERGE = 1, 2  # seed-sequence tags: member permutation streams vs. the epoch merge
+_MEMBER, _MERGE, _CLIPS = 1, 2, 3  # seed-sequence tags: item permutations, the epoch merge, clip arrangements
+
+
+def clip_ids(dataset: Any) -> np.ndarray | None:
+    """The clip of each item of ``dataset`` ``(len,)`` int64, or None when it has no clips (images).
+
+    ``VideoFrameDataset``: its index's file ids; ``PreparedCorpus`` (or one of its ``member_datasets()``
+    views): the units; a ``torch.utils.data.Subset`` of either: those of its indices."""
+    indices = getattr(dataset, "indices", None)
+    base = getattr(dataset, "dataset", None)
+    if indices is not None and base is not None:  # a Subset
+        ids = clip_ids(base)
+        return None if ids is None else ids[np.asarray(indices, dtype=np.int64)]
+    if hasattr(dataset, "item_clip"):  # PreparedCorpus
+        return np.asarray(dataset.item_clip, dtype=np.int64)
+    index = getattr(dataset, "index", None)
+    if index is not None and hasattr(dataset, "files"):  # VideoFrameDataset: (file id, frame, timestamp)
+        return np.asarray([fid for fid, _, _ in index], dtype=np.int64)
+    return None
 
 
 def corpus_weights(sizes: Sequence[int], cap: int | None = DEFAULT_CAP) -> np.ndarray:
@@ -69,7 +93,9 @@ class CorpusSampler(Sampler[int]):
 
     ``cap``: per-member cap of the weights (``None``: weights ∝ size). ``weights``: explicit
     per-member weights instead. ``num_samples``: draws per epoch across all ranks (default
-    ``sum(min(size, cap))``).
+    ``sum(min(size, cap))``). ``clips``: per member, the clip id of each of its items ``(size,)`` or
+    None; with ``frames_per_visit > 1`` members that have a clip of several items are visited clip by
+    clip (see the module doc).
     """
 
     def __init__(
@@ -82,6 +108,8 @@ class CorpusSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        clips: Sequence[np.ndarray | None] | None = None,
+        frames_per_visit: int = 1,
     ) -> None:
         self.sizes = [int(n) for n in sizes]
         self.cap = cap
@@ -107,10 +135,36 @@ class CorpusSampler(Sampler[int]):
         self.per_rank = -(-self.num_samples // self.world_size)  # ceil: every rank gets the same count
         self.epoch = 0
         self.start = 0
+        if isinstance(frames_per_visit, bool) or not isinstance(frames_per_visit, int) or frames_per_visit < 1:
+            raise DataError(f"frames_per_visit={frames_per_visit!r} must be an integer >= 1 (1 = one item per visit)")
+        self.frames_per_visit = frames_per_visit
+        if clips is not None and len(clips) != len(self.sizes):
+            raise DataError(f"{len(clips)} clip arrays for {len(self.sizes)} corpus members; give one (or None) each")
+        # per member: (items grouped by clip, clip lengths) in clip mode, else None (item mode)
+        self._groups: list[tuple[np.ndarray, np.ndarray] | None] = [
+            self._clip_groups(d, ids) if clips is not None and frames_per_visit > 1 else None
+            for d, ids in enumerate(clips if clips is not None else [None] * len(self.sizes))
+        ]
+        self.clip_mode = any(g is not None for g in self._groups)
+
+    def _clip_groups(self, member: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        if ids is None:
+            return None
+        ids = np.asarray(ids)
+        if ids.shape != (self.sizes[member],):
+            raise DataError(f"member {member}: {ids.shape} clip ids for {self.sizes[member]} items; one per item")
+        dense, counts = np.unique(ids, return_inverse=True, return_counts=True)[1:]
+        if counts.max(initial=0) <= 1:  # every clip one item (an image member): item mode
+            return None
+        grouped = np.lexsort((np.arange(len(dense)), dense))  # items by clip, in item order inside a clip
+        return grouped.astype(np.int64), counts.astype(np.int64)
 
     @classmethod
     def from_corpus(cls, corpus: Any, **kwargs: Any) -> CorpusSampler:
-        """For a :class:`~usjepa_fast.data.corpus.MixedCorpus` (its member sizes and cap)."""
+        """For a :class:`~usjepa_fast.data.corpus.MixedCorpus` (its member sizes and cap); with
+        ``frames_per_visit`` > 1 and no ``clips`` given, the members' :func:`clip_ids`."""
+        if kwargs.get("frames_per_visit", 1) > 1 and "clips" not in kwargs:
+            kwargs["clips"] = [clip_ids(ds) for ds in getattr(corpus, "datasets", [])] or None
         return cls(corpus.sizes, corpus.cap, **kwargs)
 
     # -- the epoch ----------------------------------------------------------------------------------
@@ -118,19 +172,40 @@ class CorpusSampler(Sampler[int]):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, _MEMBER, member, k])))
         return rng.permutation(self.sizes[member])
 
-    def member_visits(self, member: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(local item indices, visit lengths)`` member ``member`` contributes to ``epoch``.
+    def _arrangement(self, member: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip mode's ``j``-th pass over a member: ``(every item once, visit lengths)``."""
+        grouped, counts = self._groups[member]  # type: ignore[misc]
+        k = self.frames_per_visit
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, _CLIPS, member, j])))
+        clip = np.repeat(np.arange(len(counts)), counts)  # clip of each grouped position
+        shuffled = grouped[np.lexsort((rng.random(len(grouped)), clip))]  # each clip's items shuffled
+        first = np.cumsum(counts) - counts
+        visits_of_clip = -(-counts // k)
+        local_visit = (np.arange(len(grouped)) - np.repeat(first, counts)) // k  # visit inside its clip
+        visit = np.repeat(np.cumsum(visits_of_clip) - visits_of_clip, counts) + local_visit
+        rank = np.empty(int(visits_of_clip.sum()), np.int64)
+        rank[rng.permutation(len(rank))] = np.arange(len(rank))  # the visits of all clips shuffled
+        order = np.lexsort((shuffled, rank[visit]))  # visit by visit, sorted items inside each
+        return shuffled[order], np.bincount(rank[visit], minlength=len(rank)).astype(np.int64)
 
-        Item mode: the next ``quota`` items of the member's permutation stream, one per visit. The
-        extension point of a clip-aware mode (see the module doc)."""
+    def member_visits(self, member: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(local item indices, visit lengths)`` member ``member`` contributes to ``epoch``: the next
+        ``quota`` items of the member's endless stream (item mode: of permutations, one item per visit;
+        clip mode: of arrangements, visits cut at the window's edges; see the module doc)."""
         q, n = int(self.quotas[member]), self.sizes[member]
         if q == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        start = epoch * q  # position in the endless stream of permutations
+        start = epoch * q  # position in the endless stream
         first, last = start // n, (start + q - 1) // n
-        stream = np.concatenate([self._permutation(member, k) for k in range(first, last + 1)])
         off = start - first * n
-        return stream[off : off + q].astype(np.int64), np.ones(q, np.int64)
+        if self._groups[member] is None:
+            stream = np.concatenate([self._permutation(member, k) for k in range(first, last + 1)])
+            return stream[off : off + q].astype(np.int64), np.ones(q, np.int64)
+        parts = [self._arrangement(member, j) for j in range(first, last + 1)]
+        items = np.concatenate([p[0] for p in parts])
+        ends = np.cumsum(np.concatenate([p[1] for p in parts]))
+        cut = np.clip(ends, off, off + q) - np.clip(ends - np.concatenate([p[1] for p in parts]), off, off + q)
+        return items[off : off + q], cut[cut > 0]
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Global indices of ``epoch`` across all ranks, ``(num_samples,)``, before sharding."""
@@ -150,11 +225,14 @@ class CorpusSampler(Sampler[int]):
         return flat[pos]
 
     def rank_order(self, epoch: int) -> np.ndarray:
-        """This rank's share of ``epoch`` (``per_rank`` indices; padded by wrapping)."""
+        """This rank's share of ``epoch`` (``per_rank`` indices; padded by wrapping). Item mode: every
+        ``world_size``-th item; clip mode: the rank's contiguous block, so visits stay whole."""
         order = self.epoch_order(epoch)
         total = self.per_rank * self.world_size
         if total > len(order):
             order = np.concatenate([order, np.resize(order, total - len(order))])
+        if self.clip_mode:
+            return order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
         return order[self.rank :: self.world_size]
 
     # -- the Sampler protocol -------------------------------------------------------------------------

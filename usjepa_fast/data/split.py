@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,12 +80,22 @@ def split_by_group(
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def _source_key(root: Path, path: Path | str) -> str:
+    """``<source name>/<path relative to the source>``: the group key ``usfast prepare`` records for a
+    folder input (a source that is a file is relative to its folder)."""
+    root, path = Path(root).absolute(), Path(path).absolute()
+    base = root if root.is_dir() else root.parent
+    rel = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+    return f"{root.name or root}/{rel}"
+
+
 def corpus_groups(corpus: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(groups (N,), members (N,))`` of a ``PreparedCorpus`` or a ``MixedCorpus`` whose members are
     ``VideoFrameDataset`` (a frame's group is its clip), ``ImageFolderDataset`` (the file),
     ``UltraBenchDataset`` (the record's patient, else the image) or ``PreparedCorpus.member_datasets()``
-    views (the prepared unit's group: clip, image, patient or folder). Group keys carry the member index,
-    so equal names in two members are two groups."""
+    views (the prepared unit's group: clip, image, patient or folder). Keys do not depend on storage:
+    ``<source name>/<relative path>`` (UltraBench: ``<source name>/<patient>``), the groups prepare
+    records, so a raw folder and its prepared corpus hold out the same clips."""
     if hasattr(corpus, "item_groups") and hasattr(corpus, "item_member"):  # PreparedCorpus
         return np.asarray(corpus.item_groups, dtype=np.int64), np.asarray(corpus.item_member, dtype=np.int64)
     datasets = getattr(corpus, "datasets", None)
@@ -98,13 +109,18 @@ def corpus_groups(corpus: Any) -> tuple[np.ndarray, np.ndarray]:
             # The corpus's own group names (they carry the source), so a patient folder with images and
             # clips (two members) stays one group.
             names = base.group_names[base.item_groups[np.asarray(ds.indices, dtype=np.int64)]]
-            keys = [f"prepared:{base.root}:{g}" for g in names]
+            keys = [str(g) for g in names]
         elif hasattr(ds, "index") and hasattr(ds, "files"):  # VideoFrameDataset: (clip id, frame, timestamp)
-            keys = [f"{d}:{ds.files[fid]}" for fid, _, _ in ds.index]
+            clip_keys = [_source_key(ds.root, f) for f in ds.files]
+            keys = [clip_keys[fid] for fid, _, _ in ds.index]
         elif hasattr(ds, "groups") and hasattr(ds, "paths"):  # UltraBenchDataset
-            keys = [f"{d}:{g}" if g is not None else f"{d}:{p}" for g, p in zip(ds.groups, ds.paths, strict=True)]
+            name = Path(ds.root).absolute().name
+            keys = [
+                f"{name}/{g}" if g is not None else _source_key(ds.root, p)
+                for g, p in zip(ds.groups, ds.paths, strict=True)
+            ]
         elif hasattr(ds, "files"):  # ImageFolderDataset
-            keys = [f"{d}:{p}" for p in ds.files]
+            keys = [_source_key(ds.root, p) for p in ds.files]
         else:
             raise DataError(f"corpus member {d} ({type(ds).__name__}) has no clip, patient or file to group by")
         if len(keys) != len(ds):

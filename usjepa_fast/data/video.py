@@ -1,10 +1,13 @@
 """Video decoding behind a small interface and one registry: PyAV, DALI CPU (VP9/MJPEG), DALI GPU (NVDEC).
 
-Callers ask :func:`get_decoder` (``"auto"`` | ``"pyav"`` | ``"dali"`` | ``"dali-gpu"``) for a
-:class:`VideoDecoder` and call ``frames(path, sampling)`` to get grayscale :class:`Frame` objects;
-they never touch PyAV or DALI. The DALI decoders (``data/dali.py`` on the CPU, ``data/dali_gpu.py``
-with NVDEC) implement the same protocol; the GPU one adds ``decode_clip`` (sampled frames as one
-CUDA tensor) for consumers that stay on the GPU.
+Callers ask :func:`get_decoder` (``"auto"`` | ``"pyav"`` | ``"dali"`` | ``"dali-gpu"`` | ``"dicom"``)
+for a :class:`VideoDecoder` and call ``frames(path, sampling)`` to get grayscale :class:`Frame`
+objects; they never touch PyAV or DALI. The DALI decoders (``data/dali.py`` on the CPU,
+``data/dali_gpu.py`` with NVDEC) implement the same protocol; the GPU one adds ``decode_clip``
+(sampled frames as one CUDA tensor) for consumers that stay on the GPU. Every video decoder comes
+wrapped in :class:`MediaDecoder`, which hands DICOM cine loops to
+:class:`usjepa_fast.data.dicom.DicomDecoder` (FFmpeg and DALI cannot read DICOM), so a folder of
+videos and DICOM goes through one decoder object.
 
 Frame sampling (:class:`FrameSampling`) is applied in the decoder so that skipped frames are never
 converted to numpy: ``fps`` keeps the first frame at or after each ``1/fps`` tick of the *timestamps*
@@ -248,7 +251,81 @@ def _limited_to_full_range(y: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # the registry
 
-DECODERS = ("auto", "pyav", "dali", "dali-gpu")
+DECODERS = ("auto", "pyav", "dali", "dali-gpu", "dicom")
+
+
+class MediaDecoder:
+    """A video decoder that hands DICOM objects to :class:`~usjepa_fast.data.dicom.DicomDecoder`.
+
+    ``base`` decodes everything else. ``name``, ``on_device`` and any other attribute (``threads``,
+    ``device``, ...) are the base's, so callers see the decoder they asked for; ``decode_clip`` of a
+    DICOM cine decodes on the CPU and copies the kept frames to the base's device.
+    """
+
+    def __init__(self, base: VideoDecoder) -> None:
+        self.base = base
+        self._dicom: VideoDecoder | None = None
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def on_device(self) -> bool:
+        return bool(getattr(self.base, "on_device", False))
+
+    def __getattr__(self, attr: str) -> Any:  # only called for attributes this class does not have
+        if attr == "base":  # not yet set (unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
+
+    def for_path(self, path: str | Path) -> VideoDecoder:
+        """The decoder that reads ``path``: DicomDecoder for a DICOM object, else the base."""
+        from usjepa_fast.data.media import is_dicom_file
+
+        if is_dicom_file(path):
+            if self._dicom is None:
+                from usjepa_fast.data.dicom import DicomDecoder
+
+                self._dicom = DicomDecoder()
+            return self._dicom
+        return self.base
+
+    def frames(self, path: str | Path, sampling: FrameSampling | None = None) -> Iterator[Frame]:
+        return self.for_path(path).frames(path, sampling)
+
+    def probe(self, path: str | Path) -> VideoInfo:
+        return self.for_path(path).probe(path)
+
+    def decode_clip(self, path: str | Path, sampling: FrameSampling | None = None) -> Any:
+        """The base's ``decode_clip`` (frames on its device); a DICOM cine is decoded on the CPU and
+        its kept frames copied there as one ``(K, H, W)`` uint8 tensor."""
+        dec = self.for_path(path)
+        if dec is self.base:
+            return self.base.decode_clip(path, sampling)
+        import torch
+
+        from usjepa_fast.data.dali_gpu import DeviceClip
+
+        kept = list(dec.frames(path, sampling))
+        if not kept:
+            raise DataError(f"DICOM {path} has no frame to keep with {sampling}; check the sampling options")
+        device = getattr(self.base, "device", None) or "cpu"
+        gray = torch.from_numpy(np.stack([f.image for f in kept])).to(device)
+        return DeviceClip(indices=[f.index for f in kept], timestamps=[f.timestamp for f in kept], gray=gray)
+
+
+def base_decoder(decoder: VideoDecoder) -> VideoDecoder:
+    """The video decoder inside a :class:`MediaDecoder` (others as they are)."""
+    return decoder.base if isinstance(decoder, MediaDecoder) else decoder
+
+
+def with_dicom(decoder: VideoDecoder) -> VideoDecoder:
+    """``decoder`` able to read DICOM too: wrapped in :class:`MediaDecoder` unless it already is one
+    (or is the DICOM decoder itself)."""
+    if isinstance(decoder, MediaDecoder) or getattr(decoder, "name", None) == "dicom":
+        return decoder
+    return MediaDecoder(decoder)
 
 
 def _is_cuda(device: Any) -> bool:
@@ -274,15 +351,20 @@ def resolve_decoder(name: str = "auto", device: Any = None) -> str:
 def get_decoder(name: str = "auto", device: Any = None, *, threads: int = 0) -> VideoDecoder:
     """The one decoder registry: ``"auto"`` | ``"pyav"`` | ``"dali"`` (DALI CPU for VP8/VP9/MJPEG, PyAV
     fallback per file) | ``"dali-gpu"`` (NVDEC on ``device``; frames stay on the GPU through its
-    ``decode_clip``). ``threads``: FFmpeg threads per clip for PyAV (0 = FFmpeg's choice; callers
-    that already decode several clips in parallel pass 1)."""
+    ``decode_clip``) | ``"dicom"`` (DICOM objects only). Video decoders come wrapped in
+    :class:`MediaDecoder` (DICOM paths go to the DICOM decoder). ``threads``: FFmpeg threads per clip
+    for PyAV (0 = FFmpeg's choice; callers that already decode several clips in parallel pass 1)."""
     name = resolve_decoder(name, device)
+    if name == "dicom":
+        from usjepa_fast.data.dicom import DicomDecoder
+
+        return DicomDecoder()
     if name == "pyav":
-        return PyAVDecoder(threads=threads)
+        return MediaDecoder(PyAVDecoder(threads=threads))
     if name == "dali":
         from usjepa_fast.data.dali import DaliCpuWithFallback
 
-        return DaliCpuWithFallback(threads=max(1, threads))
+        return MediaDecoder(DaliCpuWithFallback(threads=max(1, threads)))
     from usjepa_fast.data.dali_gpu import DaliGpuDecoder
 
-    return DaliGpuDecoder(device)
+    return MediaDecoder(DaliGpuDecoder(device))

@@ -10,12 +10,11 @@ records are read exactly as :class:`~usjepa_fast.data.ultrabench.UltraBenchDatas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
-
-from usjepa_fast.errors import DataError
 
 log = logging.getLogger("usfast")
 
@@ -29,6 +28,19 @@ class Source:
     label: int | None = None  # UltraBench class index (None for folders)
     record: bool = False  # an UltraBench record: read by ``data.ultrabench.load_record`` (dataset
     #   semantics: no mask = whole image, a mask of the wrong shape = unreadable record)
+    # what outputs may record about the file besides its path (DICOM: sop_instance_uid, rows, columns,
+    # region_source; never a patient tag); {} for other files
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+# the DICOM header fields an embed output may carry (issue 13's default): data.dicom.safe_metadata's
+# non-identifying fields minus what the index has already (frame index) or does not need
+DICOM_META_FIELDS = ("sop_instance_uid", "rows", "columns", "region_source")
+
+
+class SourceListing(NamedTuple):
+    sources: list[Source]
+    problems: dict[str, str]  # unreadable listing entries: path relative to the input -> reason
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -38,20 +50,46 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def list_sources(
+def find_sources(
     root: str | Path, kinds: tuple[str, ...] = ("image", "video"), splits: tuple[str, ...] | None = None
-) -> list[Source]:
-    """Sources under ``root``: an UltraBench directory (images of ``splits``, default all present
-    splits, with their masks) or any folder/file of media (recursive, sorted)."""
-    from usjepa_fast.data.media import list_media, media_kind
+) -> SourceListing:
+    """Sources under ``root`` and its unreadable entries: an UltraBench directory (images of ``splits``,
+    default all present splits, with their masks) or any folder/file of media (``data.media.find_media``:
+    recursive, sorted, DICOM by its header; dangling links and other unreadable entries in
+    ``problems``, keyed like the index). DICOM sources carry :data:`DICOM_META_FIELDS` in ``meta``."""
+    from usjepa_fast.data.media import find_media, is_dicom_file, log_problems, media_kind
     from usjepa_fast.data.ultrabench import is_ultrabench_dir
 
     root = Path(root)
     if is_ultrabench_dir(root):
-        return ultrabench_sources(root, splits)
-    files = list_media(root, kinds)
+        return SourceListing(ultrabench_sources(root, splits), {})
+    listing = find_media(root, kinds)
+    log_problems(listing.problems)
     base = root if root.is_dir() else root.parent
-    return [Source(p, _rel(p, base), media_kind(p) or "image", sibling_mask(p)) for p in files]
+    sources = []
+    for p in listing.files:
+        meta = _dicom_meta(p) if media_kind(p) is not None and is_dicom_file(p) else {}
+        sources.append(Source(p, _rel(p, base), media_kind(p) or "image", sibling_mask(p), meta=meta))
+    return SourceListing(sources, {_rel(pr.path, base): pr.reason for pr in listing.problems})
+
+
+def _dicom_meta(path: Path) -> dict[str, Any]:
+    """The allow-listed header fields of a DICOM source; ``region_source`` is the source of the mask
+    :func:`source_mask` will use (the header's regions, a provided mask, or ``"detected"``)."""
+    from usjepa_fast.data.clips import declared_mask_source
+    from usjepa_fast.data.dicom import safe_metadata
+
+    safe = safe_metadata(path)
+    meta = {k: safe[k] for k in DICOM_META_FIELDS}
+    meta["region_source"] = declared_mask_source(path) or "detected"
+    return meta
+
+
+def list_sources(
+    root: str | Path, kinds: tuple[str, ...] = ("image", "video"), splits: tuple[str, ...] | None = None
+) -> list[Source]:
+    """:func:`find_sources`'s sources (its problems are logged)."""
+    return find_sources(root, kinds, splits).sources
 
 
 def sibling_mask(path: Path) -> Path | None:
@@ -94,44 +132,17 @@ def read_image(src: Source, scan_region: bool = True) -> tuple[np.ndarray, np.nd
 def source_mask(src: Source, frame: np.ndarray) -> np.ndarray | None:
     """The scan region of a source for frames shaped like ``frame``; None = the whole frame.
 
-    Its own mask file first (an UltraBench record's, or ``<stem>.scanmask.png``). A clip's region
-    otherwise is :func:`usjepa_fast.data.clips.scan_mask` (the one clip rule: spread frames, cached),
-    so embed, training and ``usfast masks`` agree on every clip; an image's is detected on the image
-    itself, which is what ``scan_mask`` does for an image (without writing a cache entry per file).
+    :func:`usjepa_fast.data.clips.scan_mask`, the one rule of every command: its own mask file first
+    (an UltraBench record's, or ``<stem>.scanmask.png``), a DICOM object's B-mode regions, else the
+    cached detection (a clip on spread frames, an image on ``frame`` itself), so embed, training and
+    ``usfast masks`` agree on every file.
     """
-    from usjepa_fast.data.scan_region import load_mask
+    from usjepa_fast.data.clips import scan_mask
 
-    if src.kind == "video":
-        from usjepa_fast.data.clips import scan_mask
-
-        mask = scan_mask(src.path, provided=src.mask_path)
-        if mask.shape == frame.shape:
-            return None if mask.all() else mask
-        log.warning(
-            "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
-        )
-        return None
-    if src.mask_path is not None:
-        mask = load_mask(src.mask_path)
-        if mask.shape == frame.shape:
-            return mask
-        log.warning(
-            "scan mask %s is %s but %s frames are %s; detecting the region instead",
-            src.mask_path,
-            mask.shape,
-            src.path,
-            frame.shape,
-        )
-    return detect_region(frame)
-
-
-def detect_region(frames: np.ndarray) -> np.ndarray | None:
-    """Scan region of ``(H, W)`` or ``(T, H, W)`` frames, or None when detection finds nothing."""
-    from usjepa_fast.data.scan_region import detect_scan_region
-
-    try:
-        mask = detect_scan_region(frames)
-    except DataError as exc:
-        log.debug("scan region detection skipped: %s", exc)
-        return None
-    return mask if mask.any() else None
+    mask = scan_mask(src.path, provided=src.mask_path, image=frame if src.kind == "image" else None)
+    if mask.shape == frame.shape:
+        return None if mask.all() else mask
+    log.warning(
+        "scan region of %s is %s but its frames are %s; using the whole frame", src.path, mask.shape, frame.shape
+    )
+    return None

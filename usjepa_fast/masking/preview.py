@@ -20,32 +20,43 @@ log = logging.getLogger("usfast")
 _TARGET_COLOURS = ((0.95, 0.25, 0.2), (1.0, 0.75, 0.1), (0.7, 0.3, 0.9), (0.2, 0.85, 0.85), (0.9, 0.5, 0.6))
 
 
-def _load_frames(source: Path, n: int) -> list[tuple[str, np.ndarray]]:
-    """Up to ``n`` gray frames from an image, a video, or a directory of either."""
-    from usjepa_fast.data.media import list_media, media_kind, read_image_gray
+def load_preview_frames(
+    source: Path, n: int, cache_dir: str | Path | None = None, mask_cache: str = "cache"
+) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """Up to ``n`` frames of an image, a clip, or a directory of either, each with the file's scan mask
+    and its source: ``(title, gray (H, W), scan mask (H, W) bool, mask source)``.
 
-    paths = list_media(source) if source.is_dir() else [source]
+    A clip gives :func:`~usjepa_fast.data.clips.spread_frames` (``n`` means frames, also for a single
+    clip); a folder gives one frame per file first, then more of its clips. The mask is
+    :func:`~usjepa_fast.data.clips.find_scan_mask` of the file, the one training, embed and prepare
+    use, so the preview shows what training does. Unreadable entries are listed, never dropped."""
+    from usjepa_fast.data.clips import find_scan_mask, spread_frames
+    from usjepa_fast.data.media import find_media, log_problems, media_kind, read_image_gray
+
+    listing = find_media(source)
+    log_problems(listing.problems)
+    paths = listing.files
     if not paths:
-        raise DataError(f"{source} holds no images or videos; pass an image, a clip or a dataset directory")
-    frames: list[tuple[str, np.ndarray]] = []
+        extra = f" ({len(listing.problems)} unreadable entries)" if listing.problems else ""
+        raise DataError(f"{source} holds no images or videos{extra}; pass an image, a clip or a dataset directory")
+    per_file = max(1, -(-n // len(paths)))  # frames per clip so that n frames are drawn in all
+    frames: list[tuple[str, np.ndarray, np.ndarray, str]] = []
     for path in paths:
         if len(frames) >= n:
             break
-        kind = media_kind(path)
         try:
-            if kind == "image":
-                frames.append((path.name, read_image_gray(path)))
-            elif kind == "video":
-                from usjepa_fast.data.video import FrameSampling, get_decoder
-
-                for frame in get_decoder("pyav").frames(path, FrameSampling(max_frames=1)):
-                    frames.append((f"{path.name}#{frame.index}", frame.image))
+            mask, mask_source = find_scan_mask(path, cache_dir=cache_dir, mask_cache=mask_cache)
+            if media_kind(path) == "video":
+                picked = [(f"{path.name}#{f.index}", f.image) for f in spread_frames(path, per_file, cache_dir)]
             else:
-                raise DataError(f"{path} is neither an image nor a video usfast reads")
+                picked = [(path.name, read_image_gray(path))]
         except DataError as exc:
-            if not source.is_dir():
+            if source.is_file():
                 raise
             log.warning("skipping %s: %s", path, exc)
+            continue
+        for name, gray in picked[: n - len(frames)]:
+            frames.append((name, gray, mask, mask_source))
     if not frames:
         raise DataError(f"no readable frame in {source}")
     return frames
@@ -59,11 +70,14 @@ def render_mask_preview(
     patch_size: int = 16,
     n: int = 6,
     seed: int = 0,
+    cache_dir: str | Path | None = None,
+    mask_cache: str = "cache",
 ) -> Path:
     """Draw ``n`` frames of ``source`` with their scan region, valid patches and one mask draw each.
 
     Context patches are tinted blue, each target block gets its own colour, patches outside the
-    scan region (invalid for USrc) are hatched, and the detected region is outlined in green.
+    scan region (invalid for USrc) are hatched, and the scan region (:func:`load_preview_frames`:
+    the file's one mask, its source in the panel title) is outlined in green.
     """
     import matplotlib
 
@@ -72,17 +86,16 @@ def render_mask_preview(
     from matplotlib.patches import Rectangle
 
     from usjepa_fast.data.preprocess import PreprocessConfig, Preprocessor
-    from usjepa_fast.data.scan_region import detect_scan_region
 
     cfg = cfg or MaskConfig(usrc=True)
     grid = (image_size // patch_size, image_size // patch_size)
     pre = Preprocessor(PreprocessConfig(image_size=image_size, patch_size=patch_size))
-    frames = _load_frames(Path(source), n)
+    frames = load_preview_frames(Path(source), n, cache_dir, mask_cache)
     items = []
-    for name, gray in frames:
-        region = detect_scan_region(gray)
-        item = pre(gray, region if region.any() else None)
-        items.append((name, item))
+    for name, gray, region, mask_source in frames:
+        if region.shape != gray.shape:  # a frame of another size than its clip's first: whole frame
+            region, mask_source = np.ones(gray.shape, bool), "whole-frame"
+        items.append((f"{name[:28]}  [{mask_source}]", pre(gray, region)))
     valid = np.stack([it["valid_patches"].numpy() for _, it in items])
     collator = MultiBlockMaskCollator(cfg, grid)
     import torch
@@ -124,7 +137,7 @@ def render_mask_preview(
             centres, centres, item["scan_mask"].numpy().astype(float), levels=[0.5], colors=["lime"], linewidths=1.0
         )
         block_sizes = "+".join(str(n) for n in masks.target.lens[k].tolist())
-        ax.set_title(f"{name[:28]}\nctx {int(masks.context.lens[k, 0])}  tgt {block_sizes}", fontsize=8)
+        ax.set_title(f"{name}\nctx {int(masks.context.lens[k, 0])}  tgt {block_sizes}", fontsize=8)
     mode = f"USrc tau={cfg.tau}" if cfg.usrc else "I-JEPA (no USrc)"
     fig.suptitle(f"{mode}\nblue = context, colours = targets\nhatched = outside scan region", fontsize=9)
     fig.tight_layout()

@@ -22,7 +22,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 class DataConfig:
     """Where frames come from and how they become model inputs."""
 
-    sources: list[str] = field(default_factory=list)  # UltraBench dirs, image folders or video folders
+    # prepared corpora (usfast prepare: the fast path), UltraBench dirs, folders of images/videos/DICOM
+    sources: list[str] = field(default_factory=list)
     image_size: int = 224  # model input side; the token grid is image_size / patch_size
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation recorded in the export
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -31,9 +32,14 @@ class DataConfig:
     cap: int = 50_000  # per-source sampling cap of the mixed corpus (paper: balance 49 datasets)
     every_k: int = 1  # video sources: keep every k-th frame
     max_frames_per_clip: int | None = None  # video sources: at most this many frames per clip
-    val_fraction: float = 0.05  # held-out fraction for the validation loss (paper: 5%)
+    val_fraction: float = 0.05  # held-out fraction for the validation loss (paper: 5%), whole clips/patients
     batch_size: int = 128  # per process and per micro-step
     num_workers: int = 8  # DataLoader workers per process (0 = load in the training process)
+    # clip members: frames of one clip read per sampler visit (one decode serves them; 1 = every frame
+    # drawn on its own, which costs a clip decode per frame on raw video folders)
+    frames_per_visit: int = 8
+    cache_dir: str | None = None  # detected scan masks and clip indexes (None = $USFAST_CACHE_DIR or ~/.cache/usfast)
+    mask_cache: Literal["cache", "beside"] = "cache"  # beside = hidden mask files next to the data (only if asked)
 
 
 @dataclass

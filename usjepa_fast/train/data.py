@@ -2,14 +2,19 @@
 
 The same sources are opened twice: with training augmentation (random resized crop + flip) for the
 train split and without it for the validation split, so the validation loss measures the model and
-not the augmentation draw. The split is a seeded permutation of corpus indices (first
-``val_fraction`` = hold-out), identical on every rank and across resumes.
+not the augmentation draw. The hold-out is whole groups (clips, patients: ``data.split``), identical
+on every rank and across resumes, and the same clips whether a folder is read raw or prepared.
+
+``data.sources`` may name prepared corpora (``usfast prepare``), UltraBench directories and media
+folders; clip members carry their clip ids so the sampler visits them clip by clip
+(``data.frames_per_visit``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,22 +27,28 @@ from usjepa_fast.train.config import DataConfig
 log = logging.getLogger("usfast")
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) index lists; at least one validation item when val_fraction > 0 and n >= 2."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n >= 2:
-        n_val = max(1, min(n_val, n - 1))
-    return sorted(order[n_val:]), sorted(order[:n_val])
+@dataclass
+class PretrainData:
+    """What :func:`build_pretrain_data` opens for a run."""
+
+    train: Subset  # train items of the corpus, in corpus order (members contiguous)
+    val: Subset | None  # the hold-out, eval preprocessing (None when val_fraction = 0)
+    sizes: list[int]  # train items per non-empty member (what the sampler weights)
+    clips: list[np.ndarray | None]  # per non-empty member: the clip of each train item (None: no clips)
+    corpus: Any  # the train-side MixedCorpus (its report: unreadable / short / failed inputs)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # prepared corpus root -> fingerprint
+
+    def report(self) -> dict[str, Any]:
+        return self.corpus.report()
 
 
-def build_pretrain_datasets(cfg: DataConfig, patch_size: int, seed: int) -> tuple[Dataset, Dataset | None, list[int]]:
-    """(train dataset, validation dataset or None, train items per corpus member) from ``cfg.sources``.
-
-    The train subset keeps the corpus order (members are contiguous), so the member sizes are all a
-    :class:`~usjepa_fast.data.sampler.CorpusSampler` needs to weight the members by ``min(size, cap)``."""
+def build_pretrain_data(cfg: DataConfig, patch_size: int, seed: int) -> PretrainData:
+    """Open ``cfg.sources`` for training: train / validation subsets split by group, member sizes and
+    clips for :class:`~usjepa_fast.data.sampler.CorpusSampler`, the corpus fingerprints for resume."""
     from usjepa_fast.data.corpus import build_pretrain_corpus
     from usjepa_fast.data.preprocess import PreprocessConfig
+    from usjepa_fast.data.sampler import clip_ids
+    from usjepa_fast.data.split import corpus_groups, split_by_group
     from usjepa_fast.data.video import FrameSampling
 
     if not cfg.sources:
@@ -46,30 +57,57 @@ def build_pretrain_datasets(cfg: DataConfig, patch_size: int, seed: int) -> tupl
     train_pp = PreprocessConfig(train=True, crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, **common)
     eval_pp = PreprocessConfig(train=False, **common)
     sampling = FrameSampling(every_k=cfg.every_k, max_frames=cfg.max_frames_per_clip)
-    train_corpus = build_pretrain_corpus(list(cfg.sources), train_pp, cfg.cap, sampling)
-    n = len(train_corpus)
+    opts = dict(cache_dir=cfg.cache_dir, mask_cache=cfg.mask_cache)
+    sources = list(cfg.sources)
+    corpus = build_pretrain_corpus(sources, train_pp, cfg.cap, sampling, **opts)
+    n = len(corpus)
     if n < 2:
         raise DataError(f"data.sources {cfg.sources} hold {n} frame(s); pretraining needs at least 2")
-    train_idx, val_idx = split_indices(n, cfg.val_fraction, seed)
+    groups, members = corpus_groups(corpus)
+    train_idx, val_idx = split_by_group(groups, cfg.val_fraction, seed, members)
     # train_idx is sorted, so each member's train items stay one contiguous block
-    members = np.searchsorted(np.asarray(train_corpus.offsets), np.asarray(train_idx), side="right") - 1
-    train_sizes = np.bincount(members, minlength=len(train_corpus.datasets)).tolist()
+    sizes, clips = [], []
+    for d, ds in enumerate(corpus.datasets):
+        local = train_idx[members[train_idx] == d] - corpus.offsets[d]
+        if len(local):
+            ids = clip_ids(ds)
+            sizes.append(len(local))
+            clips.append(None if ids is None else ids[local])
     val_ds = None
-    if val_idx:
-        eval_corpus = build_pretrain_corpus(list(cfg.sources), eval_pp, cfg.cap, sampling)
+    if len(val_idx):
+        eval_corpus = build_pretrain_corpus(sources, eval_pp, cfg.cap, sampling, **opts)
         if len(eval_corpus) != n:
             raise DataError(f"data.sources {cfg.sources} changed while opening them; retry")
-        val_ds = Subset(eval_corpus, val_idx)
-    log.info("pretraining corpus: %d frames (%d train, %d validation)", n, len(train_idx), len(val_idx))
-    return Subset(train_corpus, train_idx), val_ds, [n for n in train_sizes if n > 0]
+        val_ds = Subset(eval_corpus, val_idx.tolist())
+    held = len(np.unique(groups[val_idx])) if len(val_idx) else 0
+    log.info(
+        "pretraining corpus: %d frames (%d train, %d validation in %d held-out clips/groups)",
+        n,
+        len(train_idx),
+        len(val_idx),
+        held,
+    )
+    report = corpus.report()["counts"]
+    if any(report.values()):
+        log.warning(
+            "pretraining inputs: %d unreadable (skipped), %d short clips (their frames kept); the run summary "
+            "lists them",
+            report["unreadable"],
+            report["short"],
+        )
+    return PretrainData(Subset(corpus, train_idx.tolist()), val_ds, sizes, clips, corpus, dict(corpus.fingerprints))
 
 
-def collate_pretrain(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack only what training needs (items may carry paths, labels or None groups)."""
+def collate_pretrain(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack only what training needs (items may carry paths, labels or None groups); ``failed``
+    (files an item stands in for) is merged into one dict."""
     images = torch.stack([it["image"] for it in items])  # (B, 3, S, S)
-    out = {"image": images}
+    out: dict[str, Any] = {"image": images}
     if all(it.get("valid_patches") is not None for it in items):
         out["valid_patches"] = torch.stack([torch.as_tensor(it["valid_patches"]) for it in items])  # (B, gh, gw)
+    failed = {p: r for it in items for p, r in (it.get("failed") or {}).items()}
+    if failed:
+        out["failed"] = failed
     return out
 
 

@@ -67,7 +67,7 @@ from usjepa_fast.models.teacher import Teacher, ema_teacher, frozen_teacher
 from usjepa_fast.models.vit import VisionTransformer
 from usjepa_fast.train import checkpoint as ckpt
 from usjepa_fast.train.config import TrainConfig
-from usjepa_fast.train.data import build_pretrain_datasets, collate_pretrain
+from usjepa_fast.train.data import build_pretrain_data, collate_pretrain
 from usjepa_fast.train.schedules import lr_at, momentum_at, wd_at
 
 log = logging.getLogger("usfast")
@@ -89,6 +89,8 @@ class RunSummary:
     images_per_s: float  # training throughput of this invocation (all ranks)
     resumed_from: int | None = None
     mask_fallbacks: dict[str, int] = field(default_factory=dict)
+    # data.sources problems: unreadable / short / failed inputs (path -> reason) and their counts
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -214,10 +216,13 @@ class Trainer:
             self.step_model = torch.compile(self.step_model)
 
         # Data
+        self.pretrain_data = None
+        train_clips = None
         if train_dataset is None:
-            train_dataset, val_dataset, train_sizes = build_pretrain_datasets(
-                cfg.data, cfg.model.patch_size, cfg.run.seed
-            )
+            self.pretrain_data = build_pretrain_data(cfg.data, cfg.model.patch_size, cfg.run.seed)
+            train_dataset, val_dataset = self.pretrain_data.train, self.pretrain_data.val
+            train_sizes, train_clips = self.pretrain_data.sizes, self.pretrain_data.clips
+        self.failed_inputs: dict[str, str] = {}  # files DataLoader workers failed to read (path -> reason)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         # members weighted by min(size, data.cap); a dataset given without member sizes is one member
         # (a plain permutation per epoch)
@@ -227,6 +232,8 @@ class Trainer:
             seed=cfg.run.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            clips=train_clips,  # clip members: data.frames_per_visit frames of a clip per visit
+            frames_per_visit=cfg.data.frames_per_visit,
         )
         if self.sampler.per_rank < cfg.data.batch_size:
             raise ConfigError(
@@ -351,7 +358,17 @@ class Trainer:
                 self.epoch, self.consumed = self.epoch + 1, 0
                 continue
             self.consumed += 1
+            self.failed_inputs.update(batch.pop("failed", {}))
             return batch
+
+    def input_report(self) -> dict[str, Any]:
+        """The corpus's unreadable / short inputs plus the files that failed during this run."""
+        if self.pretrain_data is None:
+            return {}
+        report = self.pretrain_data.report()
+        report["failed"] = {**report["failed"], **self.failed_inputs}
+        report["counts"] = {k: len(report[k]) for k in ("unreadable", "short", "failed")}
+        return report
 
     def _draw_masks(self, batch_size: int, valid: torch.Tensor | None, seed_parts: tuple[int, ...]) -> MaskBatch:
         """Mask thread: draw, build the index plans on the host, pin for an async copy."""
@@ -515,6 +532,8 @@ class Trainer:
             "best_val": self.best_val,
             "config": to_dict(self.cfg),
             "student_timm": self.student.timm_spec(),
+            # prepared corpus root -> fingerprint: a resume over other frames would not be exact
+            "data_fingerprints": self.state_fingerprints(),
         }
 
     def save_checkpoint(self, collective: bool = True, **kwargs: Any) -> Path | None:
@@ -533,6 +552,13 @@ class Trainer:
         state = ckpt.load_training_state(path)
         if state.get("format") != CKPT_FORMAT:
             raise UsfastError(f"{path} is not a usfast training checkpoint (format {state.get('format')!r})")
+        saved, now = state.get("data_fingerprints"), self.state_fingerprints()
+        changed = [] if saved is None else sorted(r for r in set(saved) | set(now) if saved.get(r) != now.get(r))
+        if changed:
+            raise UsfastError(
+                f"{path} was trained on another version of prepared corpus {changed[0]} (fingerprint "
+                f"{saved.get(changed[0])} then, {now.get(changed[0])} now); restore that corpus or start a new run"
+            )
         self.student.load_state_dict(state["student"])
         self.predictor.load_state_dict(state["predictor"])
         if state.get("teacher") is not None and self.teacher is not None and self.teacher.is_ema:
@@ -549,6 +575,10 @@ class Trainer:
             log.warning("checkpoint %s has no RNG state for %d ranks; reseeding", path, self.dist.world_size)
             self._seed_process(self.cfg.run.seed * 1000 + self.dist.rank + 1 + self.step)
         self._batches = None
+
+    def state_fingerprints(self) -> dict[str, str]:
+        """Prepared corpus root -> fingerprint of this run's ``data.sources`` (empty for other inputs)."""
+        return self.pretrain_data.fingerprints if self.pretrain_data is not None else {}
 
     def export_student(self) -> Path | None:
         """Write the export-ready ``student.safetensors`` + ``student.json`` (timm-loadable)."""
@@ -746,6 +776,7 @@ def run(
         images_per_s=run_images / max(elapsed, 1e-9),
         resumed_from=trainer.resumed_from,
         mask_fallbacks=dict(trainer.fallbacks),
+        inputs=trainer.input_report(),
     )
     if trainer.dist.is_main:
         (trainer.run_dir / "summary.json").write_text(
