@@ -51,6 +51,19 @@ def probe_f1(spec: str, dataset: Path, cache: FeatureCache) -> tuple[float, floa
     return 100.0 * ms.mean, 100.0 * ms.std
 
 
+def finished(run_dir: Path) -> tuple[Path, float] | None:
+    """(student.safetensors, final loss) of a run that reached its last step, read from its summary,
+    so a report-only invocation never re-enters training (nor its resume checks)."""
+    f = run_dir / "summary.json"
+    if not f.is_file():
+        return None
+    summary = json.loads(f.read_text())
+    path = summary.get("student_path")
+    if summary.get("step") != summary.get("total_steps") or not path or not Path(path).is_file():
+        return None
+    return Path(path), float(summary["final_loss"])
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -83,17 +96,23 @@ def main() -> None:
     for seed in seeds:
         common = dict(progress=False, resume=True, seed=seed)
         root = work / f"seed{seed}"
-        teacher = pixel_teacher_stage([ub], root / "teacher", args.teacher_steps, **common)
-        runs[seed] = {"teacher": teacher.student_path}
-        losses["teacher"].append(teacher.final_loss)
+        done = finished(root / "teacher")
+        if done is None:
+            teacher = pixel_teacher_stage([ub], root / "teacher", args.teacher_steps, **common)
+            done = (teacher.student_path, teacher.final_loss)
+        runs[seed] = {"teacher": done[0]}
+        losses["teacher"].append(done[1])
         for arm, override in ARMS.items():
-            student = salt_student_stage(
-                teacher.student_path, [ub], root / arm, args.student_steps, overrides=[override], **common
-            )
-            if student.student_path is None:
-                raise SystemExit(f"seed {seed} {arm}: stopped at step {student.step}/{student.total_steps}")
-            runs[seed][arm] = student.student_path
-            losses[arm].append(student.final_loss)
+            done = finished(root / arm)
+            if done is None:
+                student = salt_student_stage(
+                    runs[seed]["teacher"], [ub], root / arm, args.student_steps, overrides=[override], **common
+                )
+                if student.student_path is None:
+                    raise SystemExit(f"seed {seed} {arm}: stopped at step {student.step}/{student.total_steps}")
+                done = (student.student_path, student.final_loss)
+            runs[seed][arm] = done[0]
+            losses[arm].append(done[1])
     t_train = time.perf_counter() - t1
     if args.train_only:
         print(f"trained seeds {seeds} in {t_train:.0f} s under {work}")
@@ -105,7 +124,8 @@ def main() -> None:
     per_seed: dict[str, list[float]] = {n: [] for n in names}  # probe mean per pretraining seed
     probe_std: dict[str, list[float]] = {n: [] for n in names}  # probe-seed std per pretraining seed
     for seed in seeds:
-        specs = {"random": f"random:{runs[seed]['teacher']}@{1000 + seed}", **{k: str(v) for k, v in runs[seed].items()}}
+        specs = {k: str(v) for k, v in runs[seed].items()}
+        specs["random"] = f"random:{runs[seed]['teacher']}@{1000 + seed}"  # same architecture, untrained
         for name in names:
             m, s = probe_f1(specs[name], ub, cache)
             per_seed[name].append(m)
@@ -147,9 +167,7 @@ def main() -> None:
     for k, (m, s) in diffs.items():
         verdict = "|mean| > 2 std: exceeds its spread" if abs(m) > 2 * s and len(seeds) > 1 else "within its spread"
         lines.append(f"  {k:<26}{m:+7.2f} +- {s:.2f}   ({verdict})")
-    lines.append(
-        f"reproduce one row: usfast probe {ub} --encoder {runs[seeds[0]]['ragged']} (paper preset, seeds 0-4)"
-    )
+    lines.append(f"reproduce one row: usfast probe {ub} --encoder {runs[seeds[0]]['ragged']} (paper preset, seeds 0-4)")
     figures = {
         **{f"f1_{n}": round(stats[n][0], 2) for n in names},
         **{f"f1_{n}_std": round(stats[n][1], 2) for n in names},
