@@ -32,8 +32,8 @@ def interval_s() -> float:
     return value if value >= 0 else DEFAULT_INTERVAL_S
 
 
-def format_eta(seconds: float) -> str:
-    if not seconds or seconds != seconds or seconds == float("inf"):
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
         return "?"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -86,9 +86,7 @@ def is_terminal(stream: Any = None) -> bool:
         return False
 
 
-def progress(
-    total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0
-) -> Any | None:
+def progress(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0) -> Any | None:
     """A progress reporter for ``total`` units: tqdm on a terminal, :class:`LogProgress` otherwise,
     None when ``enabled`` is False."""
     if not enabled:
