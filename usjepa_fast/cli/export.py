@@ -43,8 +43,21 @@ def register(app: typer.Typer) -> None:
         ),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Export an encoder to ONNX (+ TensorRT) or a timm folder, refusing outputs that drift from PyTorch."""
+        """Export an encoder to ONNX (+ TensorRT) or a timm folder, refusing outputs that drift from PyTorch.
+
+        \b
+        Examples:
+          usfast export runs/salt/student.safetensors --out student.onnx
+          usfast export --check student.onnx
+        """
+        from usjepa_fast.cli.outputs import claim_output_file
         from usjepa_fast.errors import UsfastError
+        from usjepa_fast.fileio import check_output_dir
+
+        if not check and fmt == "timm":  # the output path is checked before any model is opened
+            check_output_dir(out, what="--out")
+        elif not check:
+            claim_output_file(out)
         from usjepa_fast.export import build_engine, check_engine, export_onnx, verify_onnx
 
         if check:

@@ -20,7 +20,15 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="Take mask/image settings from a train config."),
         seed: int = typer.Option(0, "--seed", help="Seed of the mask draw."),
     ) -> None:
-        """Draw sampled context and target blocks and the detected scan region over frames."""
+        """Draw sampled context and target blocks and the detected scan region over frames.
+
+        \b
+        Example:
+          usfast masks synth_data/clips --out preview.png --n 4
+        """
+        from usjepa_fast.cli.outputs import claim_output_file
+
+        claim_output_file(out)
         from usjepa_fast.masking.multiblock import MaskConfig
         from usjepa_fast.masking.preview import render_mask_preview
 

@@ -38,30 +38,38 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Train probes on clean features, score them on corrupted test images; tables, curves, examples."""
-        from usjepa_fast.cli.probe import _class_weight, _seeds
-        from usjepa_fast.errors import UsfastError
-        from usjepa_fast.probe.compare import EvalConfig, compare
-        from usjepa_fast.probe.corruptions import parse_corruptions
+        """Train probes on clean features, score them on corrupted test images; tables, curves, examples.
 
-        names = parse_corruptions(corruptions)
-        try:
-            sev = tuple(int(s) for s in severities.split(","))
-        except ValueError:
-            raise UsfastError(f"--severities {severities!r} must be comma-separated integers in 1-3") from None
-        if not sev or any(s not in (1, 2, 3) for s in sev):
-            raise UsfastError(f"--severities {severities!r} must be in 1-3")
-        cfg = EvalConfig(
-            preset=preset,
-            seeds=_seeds(seeds),
-            robustness=True,
-            corruptions=names,
-            severities=sev,
-            corruption_seed=corruption_seed,
-            batch_size=batch_size,
-            device=device,
-            class_weight=_class_weight(class_weight),
-        )
-        report = compare(encoder, [dataset], out, cfg, names=name or None, cache_dir=cache, arch=arch, pool=pool)
-        typer.echo(report.markdown)
-        typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")
+        \b
+        Example:
+          usfast robustness synth_data/ultrabench -e runs/salt/student.safetensors --out robustness_out
+        """
+        from usjepa_fast.cli.outputs import claim_output_dir
+
+        with claim_output_dir(out, "usfast robustness"):
+            from usjepa_fast.cli.probe import _class_weight, _seeds
+            from usjepa_fast.errors import UsfastError
+            from usjepa_fast.probe.compare import EvalConfig, compare
+            from usjepa_fast.probe.corruptions import parse_corruptions
+
+            names = parse_corruptions(corruptions)
+            try:
+                sev = tuple(int(s) for s in severities.split(","))
+            except ValueError:
+                raise UsfastError(f"--severities {severities!r} must be comma-separated integers in 1-3") from None
+            if not sev or any(s not in (1, 2, 3) for s in sev):
+                raise UsfastError(f"--severities {severities!r} must be in 1-3")
+            cfg = EvalConfig(
+                preset=preset,
+                seeds=_seeds(seeds),
+                robustness=True,
+                corruptions=names,
+                severities=sev,
+                corruption_seed=corruption_seed,
+                batch_size=batch_size,
+                device=device,
+                class_weight=_class_weight(class_weight),
+            )
+            report = compare(encoder, [dataset], out, cfg, names=name or None, cache_dir=cache, arch=arch, pool=pool)
+            typer.echo(report.markdown)
+            typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")

@@ -1,0 +1,48 @@
+"""Every command that writes refuses an unwritable output path in one line with exit 2, before any
+compute (issue 14): a path under a file stands in for a read-only folder (the tests may run as root)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from usjepa_fast.cli import main as cli_main
+
+
+def _run(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["usfast", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli_main.main()
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["embed", "{src}", "-e", "vit_tiny_patch16_224", "-o", "{bad}"],
+        ["train", "pixel_teacher_tiny_cpu", "--out", "{bad}"],
+        ["probe", "{src}", "-e", "vit_tiny_patch16_224", "--out", "{bad}"],
+        ["robustness", "{src}", "-e", "vit_tiny_patch16_224", "--out", "{bad}"],
+        ["compare", "-e", "vit_tiny_patch16_224", "-d", "{src}", "--out", "{bad}"],
+        ["synth", "--out", "{bad}"],
+        ["masks", "{src}", "--out", "{bad}/preview.png"],
+        ["export", "vit_tiny_patch16_224", "--out", "{bad}/model.onnx"],
+        ["export", "vit_tiny_patch16_224", "--format", "timm", "--out", "{bad}"],
+        ["prepare", "{src}", "-o", "{bad}"],
+        ["demo", "--out", "{bad}"],
+    ],
+    ids=lambda a: "-".join(a[:1] + [x for x in a if x == "timm"]),
+)
+def test_output_path_error_is_one_line_exit_2(argv, tmp_path, monkeypatch, capsys) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad = a_file / "out"
+    args = [x.format(src=src, bad=bad) for x in argv]
+    code, err = _run(args, monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("INFO ", "WARNING "))]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("usfast: error: ") and "is a file, not a folder" in lines[0], err
+    assert "Traceback" not in err
