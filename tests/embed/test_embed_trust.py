@@ -203,3 +203,33 @@ def test_output_path_errors_are_one_line(clips, tmp_path) -> None:
         assert res.exit_code != 0 and words in str(res.exception)
     res = _cli(str(clips), "-e", "x", "-o", str(tmp_path / "missing"), "--merge-only")
     assert res.exit_code != 0 and "does not exist" in str(res.exception)
+
+
+def test_sigterm_commits_finished_files_says_so_and_exits_143(synth_root, tmp_path) -> None:
+    """A real ``usfast embed`` process stopped by SIGTERM (a batch scheduler): exit 143, the last line
+    says what was saved, and a rerun resumes from it."""
+    import shutil
+    import signal
+    import time
+
+    images = sorted((synth_root / "ultrabench" / "images").rglob("*.png"))
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(300):  # long enough that the signal lands mid-run
+        shutil.copyfile(images[i % len(images)], src / f"im_{i:04d}.png")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "usjepa_fast", "embed", str(src), "-e", "vit_tiny_patch16_224", "-o", str(out)]
+    cmd += ["--backend", "torch", "--batch-size", "1", "--threads", "1", "--no-progress", "--commit-every-s", "0.01"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list((out / "parts").glob("r000-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("usfast: interrupted (SIGTERM): ") and "rerun the same command to resume" in last
+    done = sum(len(p.files) for p in read_parts(out))
+    assert 0 < done < 300 and not (out / ".usfast.lock").exists()
+    assert json.loads((out / "embed.json").read_text())["counts"]["pending"] == 300 - done

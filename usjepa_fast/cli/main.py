@@ -77,13 +77,32 @@ def _raise_terminated(signum: int, frame: object) -> None:
 _raise_terminated.usfast_terminates = True  # type: ignore[attr-defined]  # train holds it like SIGINT
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt / :class:`Terminated` behind typer's ``sys.exit(130)`` (typer turns an
+    interrupt into ``Exit(130) from exc`` and exits with it, so it never reaches ``main`` itself)."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2, no traceback; SIGINT and
     SIGTERM commit the finished work (embed, train), say what was saved and exit 130 / 143."""
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except UsfastError as exc:
         typer.echo(f"usfast: error: {exc}", err=True)
         sys.exit(EXIT_USER_ERROR)
