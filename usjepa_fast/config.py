@@ -179,6 +179,16 @@ def save_config(obj: Any, path: str | Path) -> None:
 # range checks shared by every option dataclass (embed, eval, train, export)
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"dotted.key": leaf}`` (lists are leaves), as ``--set`` names keys."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
 def bad_value(name: str, value: Any, valid: str, what: str = "option") -> ConfigError:
     """The one message shape: ``<what> <name>=<value> is invalid; use <valid range>``."""
     return ConfigError(f"{what} {name}={value!r} is invalid; use {valid}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from usjepa_fast.config import check_int, check_number, load_config, load_yaml, to_dict
+from usjepa_fast.config import check_int, check_number, flatten, load_config, load_yaml, to_dict
 from usjepa_fast.errors import ConfigError
 from usjepa_fast.masking.multiblock import MaskConfig
 
@@ -236,20 +236,11 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 )
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_leaves(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def resume_changes(stored: TrainConfig | dict[str, Any], new: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(key, stored value, new value)`` for every key that differs (run.out_dir compared as a
     resolved path). Raises :class:`ConfigError` naming the first key outside :data:`RESUMABLE_KEYS`."""
     old_tree = to_dict(stored) if not isinstance(stored, dict) else stored
-    old, cur = _leaves(old_tree), _leaves(to_dict(new))
+    old, cur = flatten(old_tree), flatten(to_dict(new))
     changes = []
     for key in sorted(set(old) | set(cur)):
         a, b = old.get(key), cur.get(key)
