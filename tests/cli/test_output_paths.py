@@ -46,3 +46,22 @@ def test_output_path_error_is_one_line_exit_2(argv, tmp_path, monkeypatch, capsy
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("usfast: error: ") and "is a file, not a folder" in lines[0], err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["export", "vit_tiny_patch16_224", "--precision", "fp64"], "--precision='fp64' is invalid; use fp32 | fp16"),
+        (["export", "vit_tiny_patch16_224", "--exporter", "onnxscript"], "--exporter='onnxscript' is invalid"),
+        (["export", "vit_tiny_patch16_224", "--opt-batch", "300"], "--opt-batch=300 is invalid; use an integer in"),
+        (["probe", "{src}", "-e", "vit_tiny_patch16_224", "--seeds", ""], "seeds"),
+        (["robustness", "{src}", "-e", "vit_tiny_patch16_224", "--corruptions", "snow"], "snow"),
+    ],
+)
+def test_bad_option_values_are_one_line_exit_2_before_any_work(argv, words, tmp_path, monkeypatch, capsys) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, err = _run([x.format(src=src) for x in argv], monkeypatch, capsys)
+    assert code == 2 and err.startswith("usfast: error: ") and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "model.onnx").exists()

@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.fileio import check_output_dir
 
+        _check_options(fmt, precision, quantize, exporter, pool, img_size, calibration_frames, max_batch, opt_batch)
         if not check and fmt == "timm":  # the output path is checked before any model is opened
             check_output_dir(out, what="--out")
         elif not check:
@@ -120,6 +121,35 @@ def register(app: typer.Typer) -> None:
                 f"wrote {engine} (vs ONNX Runtime: rel err {figures['rel_err']:.1e}, "
                 f"cosine {figures['cosine_min']:.6f})"
             )
+
+
+def _check_options(
+    fmt: str,
+    precision: str,
+    quantize: str,
+    exporter: str,
+    pool: str | None,
+    img_size: int | None,
+    calibration_frames: int,
+    max_batch: int,
+    opt_batch: int,
+) -> None:
+    """Every option's value and range, before any model is opened (``ConfigError`` naming the flag)."""
+    from usjepa_fast.config import check_choice, check_int
+    from usjepa_fast.models.specs import POOLS
+
+    what = "export option"
+    check_choice(fmt, "--format", ("onnx", "timm"), what=what)
+    check_choice(precision, "--precision", ("fp32", "fp16", "int8"), what=what)
+    check_choice(quantize, "--quantize", ("static", "dynamic"), what=what)
+    check_choice(exporter, "--exporter", ("dynamo", "torchscript"), what=what)
+    if pool is not None:
+        check_choice(pool, "--pool", POOLS, what=what)
+    if img_size is not None:
+        check_int(img_size, "--img-size", 16, what=what)
+    check_int(calibration_frames, "--calibration-frames", 1, what=what)
+    check_int(max_batch, "--max-batch", 1, what=what)
+    check_int(opt_batch, "--opt-batch", 1, max_batch, what=what, extra="(<= --max-batch)")
 
 
 def _export_int8(
