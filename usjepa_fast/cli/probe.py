@@ -35,6 +35,13 @@ CLASS_WEIGHT_HELP = (
     "none (default; the paper's protocol) or balanced: cross-entropy weighted N / (C * n_c) per class "
     "(scikit-learn's class_weight='balanced'), for either preset; shown in every table title."
 )
+PRECISION_HELP = (
+    "Encoder runtime precision: fp32 (default, the paper's protocol), auto (fastest the hardware runs "
+    "natively), bf16, fp16 or int8 (ONNX Runtime on CPU, needs --calibration); anything but fp32 must "
+    "match fp32 features (cosine >= 0.999) on the first batch. Cached features are keyed by it."
+)
+CALIBRATION_HELP = "int8: folder/file of your own frames to calibrate on (a few hundred)."
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CACHE_HELP = (
     "Feature cache (default: $USFAST_CACHE_DIR/features or ~/.cache/usfast/features, shared by probe, "
     "robustness and compare: features are keyed by the encoder's weights and the dataset's files, so "
@@ -70,6 +77,8 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(None, "--name", help="Row name in the table (default: the encoder's name)."),
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
+        precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+        calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
         standardize: bool = typer.Option(True, "--standardize/--raw", help="z-score features with train stats."),
@@ -82,7 +91,9 @@ def register(app: typer.Typer) -> None:
           usfast probe synth_data/ultrabench -e runs/salt/student.safetensors --out probe_out
         """
         from usjepa_fast.cli.outputs import claim_output_dir
+        from usjepa_fast.config import check_choice
 
+        check_choice(precision, "--precision", PRECISIONS, what="probe option")
         with claim_output_dir(out, "usfast probe"):
             from usjepa_fast.errors import UsfastError
             from usjepa_fast.probe.evaluate import EvalConfig, evaluate_task
@@ -107,7 +118,9 @@ def register(app: typer.Typer) -> None:
                 tf = task_features_from_embed_dir(features, dataset)
                 result = evaluate_task(None, dataset, cfg, features=tf)
             else:
-                enc = open_encoder(encoder, arch=arch, pool=pool, device=device)
+                enc = open_encoder(
+                    encoder, arch=arch, pool=pool, device=device, precision=precision, calibration=calibration
+                )
                 result = evaluate_task(enc, dataset, cfg, FeatureCache(cache))
             if name:
                 result.encoder = name
