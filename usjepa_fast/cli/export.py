@@ -87,10 +87,6 @@ def register(app: typer.Typer) -> None:
                 f"timm.create_model('local-dir:{res.out_dir}', pretrained=True)"
             )
             return
-        if fmt != "onnx":
-            raise UsfastError(f"--format {fmt!r}: use onnx or timm")
-        if precision == "auto":
-            raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
         if precision == "int8":
             _export_int8(
                 encoder, out, arch, pool, img_size, tokens, exporter, seed, calibration, calibration_frames, quantize
@@ -136,10 +132,13 @@ def _check_options(
 ) -> None:
     """Every option's value and range, before any model is opened (``ConfigError`` naming the flag)."""
     from usjepa_fast.config import check_choice, check_int
+    from usjepa_fast.errors import UsfastError
     from usjepa_fast.models.specs import POOLS
 
     what = "export option"
     check_choice(fmt, "--format", ("onnx", "timm"), what=what)
+    if precision == "auto":
+        raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
     check_choice(precision, "--precision", ("fp32", "fp16", "int8"), what=what)
     check_choice(quantize, "--quantize", ("static", "dynamic"), what=what)
     check_choice(exporter, "--exporter", ("dynamo", "torchscript"), what=what)
