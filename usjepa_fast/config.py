@@ -173,3 +173,78 @@ def save_config(obj: Any, path: str | Path) -> None:
     from usjepa_fast.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# range checks shared by every option dataclass (embed, eval, train, export)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"dotted.key": leaf}`` (lists are leaves), as ``--set`` names keys."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def bad_value(name: str, value: Any, valid: str, what: str = "option") -> ConfigError:
+    """The one message shape: ``<what> <name>=<value> is invalid; use <valid range>``."""
+    return ConfigError(f"{what} {name}={value!r} is invalid; use {valid}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(
+    value: Any, name: str, lo: int | None = None, hi: int | None = None, *, what: str = "option", extra: str = ""
+) -> None:
+    """``value`` is an int in ``[lo, hi]`` (either bound optional), else :class:`ConfigError`."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        if lo is not None and hi is not None:
+            valid = f"an integer in [{lo}, {hi}]"
+        elif lo is not None:
+            valid = f"an integer >= {lo}"
+        elif hi is not None:
+            valid = f"an integer <= {hi}"
+        else:
+            valid = "an integer"
+        raise bad_value(name, value, valid + (f" {extra}" if extra else ""), what)
+
+
+def check_number(
+    value: Any,
+    name: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    what: str = "option",
+    extra: str = "",
+) -> None:
+    """``value`` is a finite number within the bounds (``*_open``: strict), else :class:`ConfigError`."""
+    import math
+
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        if hi is not None:
+            parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+        valid = "a number " + " and ".join(parts) if parts else "a finite number"
+        raise bad_value(name, value, valid + (f" {extra}" if extra else ""), what)
+
+
+def check_choice(value: Any, name: str, choices: tuple[Any, ...], *, what: str = "option") -> None:
+    if value not in choices:
+        raise bad_value(name, value, " | ".join(str(c) for c in choices), what)

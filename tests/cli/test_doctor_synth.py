@@ -102,4 +102,8 @@ def test_demo_whole_pipeline_tiny(tmp_path) -> None:
     assert summary["export"]["cosine_min"] > 0.9999
     assert summary["embed"]["index_rows"] == summary["embed"]["matrix_shape"][0] > 0
     assert set(summary["evaluate"]["macro_f1"]) == {"SALT student", "random init"}
+    ev = summary["evaluate"]
+    assert ev["task"] == "synthetic_lesions" and ev["test_images"] > 0  # the task is named, not "data"
+    assert ev["caveat"].startswith("Caveat: ") and f"{ev['test_images']} test images" in ev["caveat"]
+    assert ev["caveat"] in (out / "eval" / "report.md").read_text() and ev["caveat"] in result.output
     assert (out / "eval" / "report.md").is_file()

@@ -184,11 +184,11 @@ def test_changed_file_is_re_embedded(clips, tmp_path, torch_backend) -> None:
     assert len(rows2) == len(rows1) - 16 + 5
     # the untouched clips keep their rows; hash mode ignores a pure mtime change
     os.utime(clips / "clip_002.avi", ns=(1, 1))
-    s3 = embed_folder(clips, out, torch_backend, options=_opts(change_check="hash"))
+    s3 = embed_folder(clips, out, torch_backend, options=_opts(dtype="float32", change_check="hash"))
     # no hash recorded yet for it: size/mtime decide, and the touch counts as a change
     assert s3.files_embedded == 1 and s3.files_resumed == 2
     os.utime(clips / "clip_002.avi", ns=(2, 2))
-    s4 = embed_folder(clips, out, torch_backend, options=_opts(change_check="hash"))
+    s4 = embed_folder(clips, out, torch_backend, options=_opts(dtype="float32", change_check="hash"))
     assert s4.files_embedded == 0 and s4.files_resumed == 3
 
 

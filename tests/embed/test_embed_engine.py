@@ -84,8 +84,13 @@ def test_engine_rejects_an_encoder_that_does_not_pool(synth_root, torch_backend)
 
 
 def test_fingerprint_fields_and_the_manifest(synth_root, tmp_path, torch_backend, onnx_backend) -> None:
-    assert backend_fields(torch_backend) == {"backend": "torch", "precision": "fp32"}
-    assert backend_fields(onnx_backend) == {"backend": "onnx", "precision": "fp32"}
+    from usjepa_fast.embed.fingerprint import run_fields
+    from usjepa_fast.hardware import machine_key
+
+    tf, of = backend_fields(torch_backend), backend_fields(onnx_backend)
+    assert (tf["backend"], tf["precision"], tf["backend_name"]) == ("torch", "fp32", torch_backend.name)
+    assert (of["backend"], of["precision"], of["backend_name"]) == ("onnx", "fp32", onnx_backend.name)
+    assert tf["machine"] == machine_key(None)  # bf16 on AMX and on AVX512-BF16 round differently
     assert feature_key(torch_backend) != feature_key(onnx_backend)  # the runtime is part of the key
     assert feature_key(torch_backend) != feature_key(torch_backend, scan_region=False)
     fields = feature_fields(torch_backend)
@@ -94,5 +99,7 @@ def test_fingerprint_fields_and_the_manifest(synth_root, tmp_path, torch_backend
         synth_root / "clips" / "clip_002.avi", tmp_path / "o", torch_backend, options=EmbedOptions(progress=False)
     )
     manifest = json.loads((tmp_path / "o" / "embed.json").read_text())
-    assert manifest["fingerprint"]["key"] == feature_key(torch_backend)
-    assert manifest["fingerprint"]["fields"] == json.loads(json.dumps(fields))
+    run = run_fields(torch_backend, EmbedOptions(progress=False), synth_root / "clips" / "clip_002.avi")
+    assert {k: run[k] for k in fields} == fields  # the run fingerprint extends the feature fields
+    assert manifest["fingerprint"]["fields"] == json.loads(json.dumps(run))
+    assert json.loads((tmp_path / "o" / "fingerprint.json").read_text()) == manifest["fingerprint"]

@@ -160,3 +160,21 @@ def test_export_student_and_teacher_checkpoints(encoder, tmp_path) -> None:
     a = _ort(res.onnx_path).run(None, {"pixels": x})[0]
     b = _ort(res_t.onnx_path).run(None, {"pixels": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # same weights, two checkpoint formats
+
+
+def test_a_write_failure_is_a_path_error_not_an_exporter_hint(encoder, tmp_path, monkeypatch) -> None:
+    """Issue 14: an I/O error while writing the graph names the path and never suggests --exporter;
+    a failing cleanup does not replace it."""
+    from pathlib import Path
+
+    from usjepa_fast.errors import OutputPathError
+    from usjepa_fast.export import onnx_export
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "_run_exporter", no_space)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(PermissionError(13, "x")))
+    with pytest.raises(OutputPathError, match="No space left on device") as info:
+        export_onnx(encoder, tmp_path / "m.onnx", exporter="torchscript")
+    assert "--exporter" not in str(info.value) and "m.onnx" in str(info.value)

@@ -95,7 +95,7 @@ def test_probe_features_equal_the_encoder_on_the_dataset_items(ultrabench, tmp_p
     with torch.inference_mode():
         ref = torch.cat([counting.inner(ds[i]["image"][None]) for i in range(len(ds))]).numpy()
     assert feats.x.shape == ref.shape and feats.skipped == 0
-    np.testing.assert_allclose(feats.x, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats.x, ref, rtol=1e-3, atol=1e-4)  # the cache stores fp16 (<= 4.9e-4 rel rounding)
     np.testing.assert_array_equal(feats.y, ds.labels)
     assert feats.paths == [str(p) for p in ds.paths]
 
@@ -109,7 +109,7 @@ def test_corrupted_features_do_not_depend_on_batching(ultrabench, tmp_path) -> N
     c = Corruption("speckle", 2, seed=5)
     a = split_features(enc, ultrabench, "test", FeatureCache(tmp_path / "a"), 3, corruption=c)
     b = split_features(enc, ultrabench, "test", FeatureCache(tmp_path / "b"), 16, corruption=c)
-    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-3, atol=1e-5)  # fp16-rounded: at most one fp16 step apart
     ds = open_split(ultrabench, "test", enc.info)
     mean = torch.tensor(enc.info.mean).view(1, 3, 1, 1)
     std = torch.tensor(enc.info.std).view(1, 3, 1, 1)
@@ -119,7 +119,7 @@ def test_corrupted_features_do_not_depend_on_batching(ultrabench, tmp_path) -> N
         x01 = (item["image"][None] * std + mean).clamp(0, 1)
         x01 = corrupt(x01, "speckle", 2, item["scan_mask"][None], seed=[5 * 1_000_003 + i])
         rows.append(enc((x01 - mean) / std))
-    np.testing.assert_allclose(a.x, torch.cat(rows).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.x, torch.cat(rows).numpy(), rtol=1e-3, atol=1e-4)  # fp16 cache rounding
 
 
 def test_unreadable_items_are_skipped_and_counted(ultrabench, tmp_path) -> None:

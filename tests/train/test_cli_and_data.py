@@ -75,6 +75,12 @@ def test_cli_stage1_then_stage2(synth_root, tmp_path) -> None:
     assert summary["step"] == 3 and summary["best_val_loss"] is not None
     saved = (stage2 / "config.yaml").read_text()
     assert "kind: salt" in saved and str(stage1) in saved
+    # a bare resume of the run folder: no --set repeated (teacher.spec comes from its config.yaml)
+    res = runner.invoke(app, ["train", "--resume", str(stage2), "--set", "optim.steps=4"])
+    assert res.exit_code == 0, res.output
+    assert "finished at step 4/4" in res.output and (stage2 / "config_history" / "000.yaml").is_file()
+    res = runner.invoke(app, ["train", "--resume", str(stage2), "--set", "optim.lr=1"])
+    assert res.exit_code != 0 and "optim.lr=1.0 differs from the run's" in str(res.exception)
 
 
 def test_cli_bad_override_is_one_line_error(tmp_path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
-from usjepa_fast.cli.probe import CACHE_HELP, CLASS_WEIGHT_HELP
+from usjepa_fast.cli.probe import CACHE_HELP, CALIBRATION_HELP, CLASS_WEIGHT_HELP, PRECISION_HELP, PRECISIONS
 
 
 def register(app: typer.Typer) -> None:
@@ -36,11 +36,18 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         arch: str = typer.Option(None, "--arch", help="timm architecture of foreign/teacher checkpoints."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
+        precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+        calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         list_zoo: bool = typer.Option(False, "--list-zoo", help="Print the baseline model zoo and exit."),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs."""
+        """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs.
+
+        \b
+        Example:
+          usfast compare -e runs/salt/student.safetensors -e random:vit_small_patch16_224 -d synth_data/ultrabench
+        """
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.models.zoo import zoo_table
 
@@ -54,27 +61,34 @@ def register(app: typer.Typer) -> None:
 
         if not encoder or not dataset:
             raise UsfastError("pass at least one --encoder and one --dataset (or --list-zoo)")
-        names = parse_corruptions(corruptions)
-        cfg = EvalConfig(
-            preset=preset,
-            seeds=_seeds(seeds),
-            fewshot=parse_fractions(fewshot) if fewshot else (),
-            robustness=robustness,
-            corruptions=names,
-            batch_size=batch_size,
-            device=device,
-            class_weight=_class_weight(class_weight),
-        )
-        report = compare(
-            encoder,
-            dataset,
-            out,
-            cfg,
-            names=name or None,
-            cache_dir=cache,
-            reference_csv=reference,
-            arch=arch,
-            pool=pool,
-        )
-        typer.echo(report.markdown)
-        typer.echo(f"wrote {out}/ ({', '.join(sorted(report.files))})")
+        from usjepa_fast.cli.outputs import claim_output_dir
+        from usjepa_fast.config import check_choice
+
+        check_choice(precision, "--precision", PRECISIONS, what="compare option")
+        with claim_output_dir(out, "usfast compare"):
+            names = parse_corruptions(corruptions)
+            cfg = EvalConfig(
+                preset=preset,
+                seeds=_seeds(seeds),
+                fewshot=parse_fractions(fewshot) if fewshot else (),
+                robustness=robustness,
+                corruptions=names,
+                batch_size=batch_size,
+                device=device,
+                class_weight=_class_weight(class_weight),
+            )
+            report = compare(
+                encoder,
+                dataset,
+                out,
+                cfg,
+                names=name or None,
+                cache_dir=cache,
+                reference_csv=reference,
+                arch=arch,
+                pool=pool,
+                precision=precision,
+                calibration=calibration,
+            )
+            typer.echo(report.markdown)
+            typer.echo(f"wrote {out}/ ({', '.join(sorted(report.files))})")

@@ -272,5 +272,10 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="Skip the Triton-interpreter probe (a subprocess)."),
     ) -> None:
         """Show what this machine can use: CPU ISA, CUDA, Triton, DALI, TensorRT, ONNX Runtime, OpenVINO, PyAV
-        codecs, and the precision `auto` picks per backend."""
+        codecs, and the precision `auto` picks per backend.
+
+        \b
+        Example:
+          usfast doctor
+        """
         typer.echo(format_checks(collect_checks(run_interpreter=not quick)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -62,15 +63,34 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(None, "--workers", help="Decode threads (default: by CPU count/GPU)."),
         threads: int = typer.Option(None, "--threads", help="Inference CPU threads (default: all usable CPUs)."),
         change_check: str = typer.Option("mtime", "--change-check", help="Re-embed changed files by mtime or hash."),
+        commit_every_s: float = typer.Option(
+            60.0,
+            "--commit-every-s",
+            help="Commit finished files at least this often (seconds; a part holds whole files).",
+        ),
+        commit_rows: int = typer.Option(8192, "--commit-rows", help="... or once this many feature rows are buffered."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Start fresh: delete earlier embeddings in --out made with other settings."
+        ),
         split: list[str] = typer.Option(None, "--split", help="UltraBench input: only these splits (repeatable)."),
         merge_only: bool = typer.Option(False, "--merge-only", help="Only merge the ranks' parts into index.csv."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Embed every (sampled) frame into feature shards + index.csv; resumable, torchrun-shardable."""
+        """Embed every (sampled) frame into feature shards + index.csv + files.csv; resumable, torchrun-shardable.
+
+        Re-running the same command resumes; other settings (encoder, backend, precision, sampling,
+        pooling, dtype, ...) are refused unless --overwrite. Exit status: 0 every input embedded
+        whole, 3 some inputs failed or decoded partially (see OUT/files.csv), 4 nothing embedded,
+        130/143 interrupted (finished files are committed; rerun to resume).
+
+        \b
+        Example:
+          usfast embed clips/ -e runs/salt/student.safetensors -o emb/ --every-k 2 --skip-redundant 1.5
+        """
         from usjepa_fast.embed import EmbedOptions, embed_folder, merge_outputs
 
-        if merge_only:
+        if merge_only:  # merge_outputs checks that --out exists and locks it
             index, rows = merge_outputs(out, input_path)
             typer.echo(f"merged {rows} rows into {index}")
             return
@@ -88,11 +108,27 @@ def register(app: typer.Typer) -> None:
             change_check=change_check,
             progress=progress,
             splits=tuple(split) if split else None,
+            part_rows=commit_rows,
+            commit_every_s=commit_every_s,
         )
+        if pool is not None:
+            from usjepa_fast.config import check_choice
+            from usjepa_fast.models.specs import POOLS
+
+            check_choice(pool, "--pool", POOLS, what="embed option")
         kwargs = {"precision": precision, "compile": compile, "arch": arch, "pool": pool, "threads": threads}
         if calibration is not None:
             kwargs["calibration"] = calibration
-        s = embed_folder(input_path, out, encoder, backend=backend, device=device, options=opts, backend_kwargs=kwargs)
+        s = embed_folder(
+            input_path,
+            out,
+            encoder,
+            backend=backend,
+            device=device,
+            options=opts,
+            backend_kwargs=kwargs,
+            overwrite=overwrite,
+        )
         typer.echo(
             f"backend {s.backend}: {s.files_embedded} files embedded, {s.files_resumed} already done, "
             f"{s.files_failed} failed; {s.frames_embedded} frames embedded + {s.frames_duplicate} redundant "
@@ -102,5 +138,34 @@ def register(app: typer.Typer) -> None:
             typer.echo("unreadable files (skipped):", err=True)
             for path, reason in sorted(s.failed.items()):
                 typer.echo(f"  {path}: {reason}", err=True)
+        if s.partial:
+            typer.echo("partially decoded clips (their decoded frames are embedded):", err=True)
+            for _path, note in sorted(s.partial.items()):
+                typer.echo(f"  {note}", err=True)
         if s.index_rows is not None:
-            typer.echo(f"index: {out / 'index.csv'} ({s.index_rows} rows)")
+            typer.echo(f"index: {out / 'index.csv'} ({s.index_rows} rows); per-input status: {out / 'files.csv'}")
+        raise typer.Exit(exit_status(s))
+
+
+def exit_status(s: Any) -> int:
+    """0 / EXIT_PARTIAL / EXIT_NO_OUTPUT for an embed summary, after printing which (one line)."""
+    from usjepa_fast.errors import EXIT_NO_OUTPUT, EXIT_OK, EXIT_PARTIAL
+
+    counts = s.counts or {
+        "ok": s.files_embedded + s.files_resumed - len(s.partial),
+        "partial": len(s.partial),
+        "failed": s.files_failed,
+        "pending": 0,
+    }
+    tally = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "partial", "failed", "pending") if counts.get(k))
+    outcome = s.outcome
+    if outcome == "empty":
+        typer.echo(f"done: {tally or 'no input'}; nothing was embedded -> exit {EXIT_NO_OUTPUT}", err=True)
+        return EXIT_NO_OUTPUT
+    if outcome == "partial":
+        typer.echo(
+            f"done: {tally}; some inputs failed or decoded partially (see files.csv) -> exit {EXIT_PARTIAL}", err=True
+        )
+        return EXIT_PARTIAL
+    typer.echo(f"done: {tally}")
+    return EXIT_OK

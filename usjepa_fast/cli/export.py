@@ -43,8 +43,22 @@ def register(app: typer.Typer) -> None:
         ),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Export an encoder to ONNX (+ TensorRT) or a timm folder, refusing outputs that drift from PyTorch."""
+        """Export an encoder to ONNX (+ TensorRT) or a timm folder, refusing outputs that drift from PyTorch.
+
+        \b
+        Examples:
+          usfast export runs/salt/student.safetensors --out student.onnx
+          usfast export --check student.onnx
+        """
+        from usjepa_fast.cli.outputs import claim_output_file
         from usjepa_fast.errors import UsfastError
+        from usjepa_fast.fileio import check_output_dir
+
+        _check_options(fmt, precision, quantize, exporter, pool, img_size, calibration_frames, max_batch, opt_batch)
+        if not check and fmt == "timm":  # the output path is checked before any model is opened
+            check_output_dir(out, what="--out")
+        elif not check:
+            claim_output_file(out)
         from usjepa_fast.export import build_engine, check_engine, export_onnx, verify_onnx
 
         if check:
@@ -73,10 +87,6 @@ def register(app: typer.Typer) -> None:
                 f"timm.create_model('local-dir:{res.out_dir}', pretrained=True)"
             )
             return
-        if fmt != "onnx":
-            raise UsfastError(f"--format {fmt!r}: use onnx or timm")
-        if precision == "auto":
-            raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
         if precision == "int8":
             _export_int8(
                 encoder, out, arch, pool, img_size, tokens, exporter, seed, calibration, calibration_frames, quantize
@@ -107,6 +117,38 @@ def register(app: typer.Typer) -> None:
                 f"wrote {engine} (vs ONNX Runtime: rel err {figures['rel_err']:.1e}, "
                 f"cosine {figures['cosine_min']:.6f})"
             )
+
+
+def _check_options(
+    fmt: str,
+    precision: str,
+    quantize: str,
+    exporter: str,
+    pool: str | None,
+    img_size: int | None,
+    calibration_frames: int,
+    max_batch: int,
+    opt_batch: int,
+) -> None:
+    """Every option's value and range, before any model is opened (``ConfigError`` naming the flag)."""
+    from usjepa_fast.config import check_choice, check_int
+    from usjepa_fast.errors import UsfastError
+    from usjepa_fast.models.specs import POOLS
+
+    what = "export option"
+    check_choice(fmt, "--format", ("onnx", "timm"), what=what)
+    if precision == "auto":
+        raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
+    check_choice(precision, "--precision", ("fp32", "fp16", "int8"), what=what)
+    check_choice(quantize, "--quantize", ("static", "dynamic"), what=what)
+    check_choice(exporter, "--exporter", ("dynamo", "torchscript"), what=what)
+    if pool is not None:
+        check_choice(pool, "--pool", POOLS, what=what)
+    if img_size is not None:
+        check_int(img_size, "--img-size", 16, what=what)
+    check_int(calibration_frames, "--calibration-frames", 1, what=what)
+    check_int(max_batch, "--max-batch", 1, what=what)
+    check_int(opt_batch, "--opt-batch", 1, max_batch, what=what, extra="(<= --max-batch)")
 
 
 def _export_int8(

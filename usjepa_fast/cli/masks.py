@@ -25,7 +25,15 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path = typer.Option(None, "--cache-dir", help="usfast's data cache (default $USFAST_CACHE_DIR)."),
     ) -> None:
         """Draw sampled context and target blocks and the scan region (the one training uses, its source
-        in each title) over frames; --n counts frames, spread over a single clip too."""
+        in each title) over frames; --n counts frames, spread over a single clip too.
+
+        \b
+        Example:
+          usfast masks synth_data/clips --out preview.png --n 4
+        """
+        from usjepa_fast.cli.outputs import claim_output_file
+
+        claim_output_file(out)
         from usjepa_fast.masking.multiblock import MaskConfig
         from usjepa_fast.masking.preview import render_mask_preview
 

@@ -48,45 +48,57 @@ def register(app: typer.Typer) -> None:
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a corpus of other sources/options."),
     ) -> None:
-        """Decode every source once into frame shards + scan masks + a per-frame index, for `usfast train`."""
-        from usjepa_fast.data.prepare import prepare_corpus
-        from usjepa_fast.data.video import FrameSampling
+        """Decode every source once into frame shards + scan masks + a per-frame index, for `usfast train`.
 
-        def progress(done: int, total: int) -> None:
-            typer.echo(f"  jobs {done}/{total}", err=True)
+        \b
+        Example:
+          usfast prepare clips/ dicom/ -o corpus/
+        """
+        from usjepa_fast.cli.outputs import claim_output_dir
 
-        s = prepare_corpus(
-            list(sources),
-            out,
-            storage_size=_storage_size(storage_size),
-            max_side=max_side or None,
-            sampling=FrameSampling(every_k=every_k, fps=fps, max_frames=max_frames),
-            workers=workers,
-            shard_frames=shard_frames,
-            scan_mask=scan_mask,
-            group_by=group_by,
-            decoder=decoder,
-            cache_dir=cache_dir,
-            mask_cache=mask_cache,
-            overwrite=overwrite,
-            progress=progress,
-        )
-        for m in s.members:
-            typer.echo(f"  {m['name']}: {m['frames']} frames from {m['units']} inputs ({m['unreadable']} unreadable)")
-        rate = f"{s.frames_per_cpu_s:.0f} frames per CPU-second" if s.frames_written else "nothing to do"
-        typer.echo(
-            f"prepared {s.frames} frames in {s.shards} shards ({s.bytes / 2**20:.1f} MiB) at {out}; "
-            f"{s.jobs - s.jobs_resumed} of {s.jobs} jobs run now in {s.seconds:.1f}s ({rate})"
-        )
-        if s.short:
-            typer.echo(f"{len(s.short)} clip(s) ended early (their decoded frames are kept):", err=True)
-            for path, reason in s.short:
-                typer.echo(f"  {path}: {reason}", err=True)
-        if s.dropped_frames:
-            typer.echo(f"{s.dropped_frames} frame(s) dropped: their size differs from their clip's scan mask", err=True)
-        if s.unreadable:
-            typer.echo(f"{len(s.unreadable)} unreadable input(s) (skipped):", err=True)
-            for path, reason in s.unreadable:
-                typer.echo(f"  {path}: {reason}", err=True)
-        if s.frames == 0:
-            raise DataError(f"no frame could be prepared from {', '.join(map(str, sources))}; see the list above")
+        with claim_output_dir(out, "usfast prepare"):
+            from usjepa_fast.data.prepare import prepare_corpus
+            from usjepa_fast.data.video import FrameSampling
+
+            def progress(done: int, total: int) -> None:
+                typer.echo(f"  jobs {done}/{total}", err=True)
+
+            s = prepare_corpus(
+                list(sources),
+                out,
+                storage_size=_storage_size(storage_size),
+                max_side=max_side or None,
+                sampling=FrameSampling(every_k=every_k, fps=fps, max_frames=max_frames),
+                workers=workers,
+                shard_frames=shard_frames,
+                scan_mask=scan_mask,
+                group_by=group_by,
+                decoder=decoder,
+                cache_dir=cache_dir,
+                mask_cache=mask_cache,
+                overwrite=overwrite,
+                progress=progress,
+            )
+            for m in s.members:
+                typer.echo(
+                    f"  {m['name']}: {m['frames']} frames from {m['units']} inputs ({m['unreadable']} unreadable)"
+                )
+            rate = f"{s.frames_per_cpu_s:.0f} frames per CPU-second" if s.frames_written else "nothing to do"
+            typer.echo(
+                f"prepared {s.frames} frames in {s.shards} shards ({s.bytes / 2**20:.1f} MiB) at {out}; "
+                f"{s.jobs - s.jobs_resumed} of {s.jobs} jobs run now in {s.seconds:.1f}s ({rate})"
+            )
+            if s.short:
+                typer.echo(f"{len(s.short)} clip(s) ended early (their decoded frames are kept):", err=True)
+                for path, reason in s.short:
+                    typer.echo(f"  {path}: {reason}", err=True)
+            if s.dropped_frames:
+                typer.echo(
+                    f"{s.dropped_frames} frame(s) dropped: their size differs from their clip's scan mask", err=True
+                )
+            if s.unreadable:
+                typer.echo(f"{len(s.unreadable)} unreadable input(s) (skipped):", err=True)
+                for path, reason in s.unreadable:
+                    typer.echo(f"  {path}: {reason}", err=True)
+            if s.frames == 0:
+                raise DataError(f"no frame could be prepared from {', '.join(map(str, sources))}; see the list above")

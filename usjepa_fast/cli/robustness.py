@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
-from usjepa_fast.cli.probe import CACHE_HELP, CLASS_WEIGHT_HELP
+from usjepa_fast.cli.probe import CACHE_HELP, CALIBRATION_HELP, CLASS_WEIGHT_HELP, PRECISION_HELP, PRECISIONS
 
 
 def register(app: typer.Typer) -> None:
@@ -34,34 +34,57 @@ def register(app: typer.Typer) -> None:
         cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
         arch: str = typer.Option(None, "--arch", help="timm architecture of a foreign/teacher checkpoint."),
         pool: str = typer.Option(None, "--pool", help="mean (default) or cls."),
+        precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+        calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
-        """Train probes on clean features, score them on corrupted test images; tables, curves, examples."""
-        from usjepa_fast.cli.probe import _class_weight, _seeds
-        from usjepa_fast.errors import UsfastError
-        from usjepa_fast.probe.compare import EvalConfig, compare
-        from usjepa_fast.probe.corruptions import parse_corruptions
+        """Train probes on clean features, score them on corrupted test images; tables, curves, examples.
 
-        names = parse_corruptions(corruptions)
-        try:
-            sev = tuple(int(s) for s in severities.split(","))
-        except ValueError:
-            raise UsfastError(f"--severities {severities!r} must be comma-separated integers in 1-3") from None
-        if not sev or any(s not in (1, 2, 3) for s in sev):
-            raise UsfastError(f"--severities {severities!r} must be in 1-3")
-        cfg = EvalConfig(
-            preset=preset,
-            seeds=_seeds(seeds),
-            robustness=True,
-            corruptions=names,
-            severities=sev,
-            corruption_seed=corruption_seed,
-            batch_size=batch_size,
-            device=device,
-            class_weight=_class_weight(class_weight),
-        )
-        report = compare(encoder, [dataset], out, cfg, names=name or None, cache_dir=cache, arch=arch, pool=pool)
-        typer.echo(report.markdown)
-        typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")
+        \b
+        Example:
+          usfast robustness synth_data/ultrabench -e runs/salt/student.safetensors --out robustness_out
+        """
+        from usjepa_fast.cli.outputs import claim_output_dir
+        from usjepa_fast.config import check_choice
+
+        check_choice(precision, "--precision", PRECISIONS, what="robustness option")
+        with claim_output_dir(out, "usfast robustness"):
+            from usjepa_fast.cli.probe import _class_weight, _seeds
+            from usjepa_fast.errors import UsfastError
+            from usjepa_fast.probe.compare import EvalConfig, compare
+            from usjepa_fast.probe.corruptions import parse_corruptions
+
+            names = parse_corruptions(corruptions)
+            try:
+                sev = tuple(int(s) for s in severities.split(","))
+            except ValueError:
+                raise UsfastError(f"--severities {severities!r} must be comma-separated integers in 1-3") from None
+            if not sev or any(s not in (1, 2, 3) for s in sev):
+                raise UsfastError(f"--severities {severities!r} must be in 1-3")
+            cfg = EvalConfig(
+                preset=preset,
+                seeds=_seeds(seeds),
+                robustness=True,
+                corruptions=names,
+                severities=sev,
+                corruption_seed=corruption_seed,
+                batch_size=batch_size,
+                device=device,
+                class_weight=_class_weight(class_weight),
+            )
+            report = compare(
+                encoder,
+                [dataset],
+                out,
+                cfg,
+                names=name or None,
+                cache_dir=cache,
+                arch=arch,
+                pool=pool,
+                precision=precision,
+                calibration=calibration,
+            )
+            typer.echo(report.markdown)
+            typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")

@@ -25,23 +25,30 @@ def register(app: typer.Typer) -> None:
             "Ultrasound Regions and fake patient tags (needs the dicom extra).",
         ),
     ) -> None:
-        """Synthesise physically plausible B-mode ultrasound (fan/linear, speckle, lesions, text, clips)."""
+        """Synthesise physically plausible B-mode ultrasound (fan/linear, speckle, lesions, text, clips).
+
+        \b
+        Example:
+          usfast synth --out synth_data --dicom
+        """
+        from usjepa_fast.cli.outputs import claim_output_dir
         from usjepa_fast.data.synth import synthesize
 
-        s = synthesize(
-            out,
-            n_images=n_images,
-            n_clips=n_clips,
-            image_size=size,
-            seed=seed,
-            clip_frames=clip_frames,
-            workers=workers,
-            dicom=dicom,
-        )
-        typer.echo(f"wrote {s.n_images} images and {s.n_clips} clips to {s.out_dir} in {s.seconds:.1f}s")
-        typer.echo(f"  ultrabench: {s.ultrabench_dir}  splits {s.split_counts}")
-        typer.echo(f"  classes:    {s.class_counts}")
-        if s.clip_files:
-            typer.echo(f"  clips:      {', '.join(p.name for p in s.clip_files)}")
-        if s.dicom_files:
-            typer.echo(f"  dicom:      {', '.join(p.name for p in s.dicom_files)}")
+        with claim_output_dir(out, "usfast synth"):
+            s = synthesize(
+                out,
+                n_images=n_images,
+                n_clips=n_clips,
+                image_size=size,
+                seed=seed,
+                clip_frames=clip_frames,
+                workers=workers,
+                dicom=dicom,
+            )
+            typer.echo(f"wrote {s.n_images} images and {s.n_clips} clips to {s.out_dir} in {s.seconds:.1f}s")
+            typer.echo(f"  ultrabench: {s.ultrabench_dir}  splits {s.split_counts}")
+            typer.echo(f"  classes:    {s.class_counts}")
+            if s.clip_files:
+                typer.echo(f"  clips:      {', '.join(p.name for p in s.clip_files)}")
+            if s.dicom_files:
+                typer.echo(f"  dicom:      {', '.join(p.name for p in s.dicom_files)}")

@@ -254,7 +254,7 @@ def run_job(
 # --------------------------------------------------------------------------------------------------
 
 
-_OURS = {PLAN_FILE, CORPUS_FILE, SHARD_DIR}
+_OURS = {PLAN_FILE, CORPUS_FILE, SHARD_DIR, ".usfast.lock"}  # + the folder lock of `usfast prepare` (fileio)
 
 
 def _check_out_dir(out: Path) -> None:

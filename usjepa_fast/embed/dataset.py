@@ -68,7 +68,9 @@ def embed_split(
     """
     from usjepa_fast.data.ultrabench import UltraBenchDataset
 
-    opts = options if options is not None else EmbedOptions(batch_size=batch_size, progress=False)
+    # progress on: a bar on a terminal, a log line every USFAST_PROGRESS_S otherwise (probe, robustness
+    # and compare extract features through here; a large split takes minutes)
+    opts = options if options is not None else EmbedOptions(batch_size=batch_size, progress=True)
     opts.validate()
     ds = dataset if dataset is not None else UltraBenchDataset(dataset_root, split, transform=None)
     b = open_runner(encoder, backend, device, backend_kwargs)

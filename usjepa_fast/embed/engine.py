@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,17 +64,29 @@ class Sink(Protocol):
 
 class PartSink:
     """Folder output: every finished file goes to the rank's :class:`~usjepa_fast.embed.store.PartWriter`
-    with the stamp it had when the run started (resume state)."""
+    with the stamp it had when the run started (resume state) and, when ``status_of(fid, src)`` is
+    given, how completely it decoded; failures are kept in ``.failed`` (rel path -> reason), so an
+    interrupted run still knows them."""
 
-    def __init__(self, writer: store.PartWriter, stamps: Sequence[store.FileStamp]) -> None:
+    def __init__(
+        self,
+        writer: store.PartWriter,
+        stamps: Sequence[store.FileStamp],
+        status_of: Callable[[int, Source], store.FileStatus] | None = None,
+    ) -> None:
         self.writer = writer
         self.stamps = list(stamps)
+        self.status_of = status_of
+        self.failed: dict[str, str] = {}
+        self.added: list[str] = []
 
     def add(self, fid: int, src: Source, features: np.ndarray, rows: list[store.FrameRow]) -> None:
-        self.writer.add_file(src.rel, self.stamps[fid], features, rows)
+        status = self.status_of(fid, src) if self.status_of is not None else None
+        self.writer.add_file(src.rel, self.stamps[fid], features, rows, status)
+        self.added.append(src.rel)
 
     def fail(self, fid: int, src: Source, reason: str) -> None:
-        pass  # failures are listed by the caller from EngineStats.failed
+        self.failed[src.rel] = reason
 
 
 class MemorySink:
@@ -333,10 +345,6 @@ def run_engine(
 
 
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="file", desc="embed", dynamic_ncols=True, mininterval=0.5)
+    from usjepa_fast.progress import progress
+
+    return progress(total, "embed", "file", enabled=enabled)  # a bar on a terminal, log lines otherwise

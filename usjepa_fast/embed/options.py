@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from usjepa_fast.errors import ConfigError
+from usjepa_fast.config import bad_value, check_choice, check_int, check_number
 
 KINDS = ("image", "video")
 DTYPES = ("float16", "float32")
 CHANGE_CHECKS = ("mtime", "hash")
+WHAT = "embed option"
 
 
 @dataclass
@@ -36,7 +37,10 @@ class EmbedOptions:
     decoder: str = "auto"  # "auto" | "pyav" | "dali" (CPU, VP9/MJPEG) | "dali-gpu" (NVDEC)
     decode_workers: int | None = None  # decode threads; None = 1 on small CPUs, more with a GPU
     prefetch: int = 4  # decoded frames allowed ahead of inference, in batches (>= 2; bounds memory)
-    part_rows: int = 8192  # rows per committed part (a part holds whole files)
+    part_rows: int = 8192  # commit a part once this many rows are buffered (--commit-rows; a part
+    #   holds whole files)
+    commit_every_s: float = 60.0  # ... or once this many seconds passed since the last commit
+    #   (--commit-every-s): an interrupt or a crash loses at most this much finished work
     change_check: Literal["mtime", "hash"] = "mtime"  # how a changed input file is recognised
     kinds: tuple[str, ...] = ("image", "video")  # media kinds taken from a folder
     splits: tuple[str, ...] | None = None  # UltraBench splits (None = all present)
@@ -70,6 +74,7 @@ class EmbedOptions:
             _int(self.decode_workers, "decode_workers", 1, "or None for the default")
         _int(self.prefetch, "prefetch", 2)
         _int(self.part_rows, "part_rows", 1)
+        check_number(self.commit_every_s, "commit_every_s", 0, lo_open=True, what=WHAT, extra="(seconds)")
         _choice(self.change_check, "change_check", CHANGE_CHECKS)
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             _bad("kinds", self.kinds, f"a non-empty subset of {list(KINDS)}")
@@ -89,14 +94,12 @@ def _is_number(v: Any) -> bool:
 
 
 def _bad(name: str, value: Any, valid: str) -> None:
-    raise ConfigError(f"embed option {name}={value!r} is invalid; use {valid}")
+    raise bad_value(name, value, valid, WHAT)
 
 
 def _int(value: Any, name: str, lo: int, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        _bad(name, value, f"an integer >= {lo}" + (f" {extra}" if extra else ""))
+    check_int(value, name, lo, what=WHAT, extra=extra)
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _bad(name, value, " | ".join(choices))
+    check_choice(value, name, choices, what=WHAT)

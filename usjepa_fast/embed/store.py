@@ -3,11 +3,14 @@
 Layout (readable with numpy + csv/json alone; see the package docstring for the user-facing version)::
 
     OUT/
+      fingerprint.json                the run fingerprint (embed.fingerprint.run_fields)   - first run
       embed.json                      run manifest (encoder, options, counts, failed files) - merge step
       index.csv                       one row per sampled frame, all ranks merged          - merge step
+      files.csv                       one row per input: ok / partial / failed / pending   - merge step
       parts/r000-000000.npy           features (rows, D) float16|float32 of one part
       parts/r000-000000.csv           that part's rows: path, frame_index, timestamp, row, duplicate_of
-      parts/r000-000000.json          commit marker: files in the part with size/mtime (written last)
+      parts/r000-000000.json          commit marker: files in the part with size/mtime and their
+                                      decoded / expected frame counts (written last)
       parts/failed-r000.json          files rank 0 could not read in its last run
 
 A *part* holds whole source files only (a file's rows never straddle two parts), so "this file is
@@ -41,6 +44,10 @@ log = logging.getLogger("usfast")
 
 FORMAT = "usfast-embed/1"
 INDEX_COLUMNS = ("path", "frame_index", "timestamp", "shard", "row", "duplicate_of")
+FILES_COLUMNS = ("path", "status", "index_rows", "frames_decoded", "frames_expected", "reason")
+STATUSES = ("ok", "partial", "failed", "pending")
+# what a part marker keeps per file beside its stamp (see FileStatus)
+_STATUS_KEYS = ("status", "frames_decoded", "frames_expected", "note")
 PART_COLUMNS = ("path", "frame_index", "timestamp", "row", "duplicate_of")
 _PART_RE = re.compile(r"^r(\d{3,})-(\d{6,})\.json$")
 
@@ -101,6 +108,28 @@ class PartInfo:
     dim: int
     dtype: str
     files: dict[str, FileStamp] = field(default_factory=dict)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> FileStatus fields
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """How completely one input was used: ``ok``, or ``partial`` when a clip decodes fewer frames
+    than its container advertises (``frames_decoded < frames_expected``, from ``data.clips``)."""
+
+    status: str = "ok"
+    frames_decoded: int | None = None
+    frames_expected: int | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
+        if self.frames_decoded is not None:
+            out["frames_decoded"] = int(self.frames_decoded)
+        if self.frames_expected is not None:
+            out["frames_expected"] = int(self.frames_expected)
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 def parts_dir(out_dir: Path) -> Path:
@@ -130,6 +159,7 @@ def read_parts(out_dir: Path) -> list[PartInfo]:
                 p: FileStamp(int(v["size"]), int(v["mtime_ns"]), str(v.get("sha256", "")))
                 for p, v in meta["files"].items()
             }
+            status = {p: {k: v[k] for k in _STATUS_KEYS if k in v} for p, v in meta["files"].items()}
             parts.append(
                 PartInfo(
                     marker.stem,
@@ -140,6 +170,7 @@ def read_parts(out_dir: Path) -> list[PartInfo]:
                     int(meta["dim"]),
                     str(meta["dtype"]),
                     files,
+                    status,
                 )
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -163,19 +194,29 @@ def latest_stamps(parts: Sequence[PartInfo]) -> dict[str, tuple[FileStamp, PartI
 
 
 class PartWriter:
-    """Buffers whole files' features and rows; commits a part once ``part_rows`` rows are buffered.
+    """Buffers whole files' features and rows; commits a part once ``part_rows`` rows are buffered or
+    ``commit_every_s`` seconds have passed since the last commit (checked as each file finishes).
 
     One writer per rank; parts are named ``r{rank}-{seq}`` with ``seq`` continuing after the highest
     committed or orphaned one of this rank, so resumed runs never overwrite an earlier part.
     """
 
-    def __init__(self, out_dir: Path, rank: int, dtype: str = "float16", part_rows: int = 8192) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        rank: int,
+        dtype: str = "float16",
+        part_rows: int = 8192,
+        commit_every_s: float | None = None,
+    ) -> None:
         if dtype not in ("float16", "float32"):
             raise UsfastError(f"embed dtype {dtype!r}; use float16 or float32")
         self.out_dir = Path(out_dir)
         self.rank = rank
         self.dtype = np.dtype(dtype)
         self.part_rows = max(1, part_rows)
+        self.commit_every_s = commit_every_s
+        self._last_commit = time.monotonic()
         self.pdir = parts_dir(self.out_dir)
         self.pdir.mkdir(parents=True, exist_ok=True)
         self._remove_orphans()
@@ -183,8 +224,11 @@ class PartWriter:
         self._feats: list[np.ndarray] = []
         self._rows: list[tuple[str, FrameRow]] = []
         self._files: dict[str, FileStamp] = {}
+        self._status: dict[str, FileStatus] = {}
         self._n = 0
         self.committed: list[str] = []
+        self.files_committed = 0  # source files in the parts this writer committed
+        self.rows_committed = 0
 
     def _own(self) -> Iterable[Path]:
         prefix = f"r{self.rank:03d}-"
@@ -207,8 +251,16 @@ class PartWriter:
         ]
         return max(seqs, default=-1) + 1
 
-    def add_file(self, path: str, stamp: FileStamp, features: np.ndarray, rows: Sequence[FrameRow]) -> None:
-        """Queue one finished source file: ``features (n, D)``, ``rows`` index into them (0..n-1)."""
+    def add_file(
+        self,
+        path: str,
+        stamp: FileStamp,
+        features: np.ndarray,
+        rows: Sequence[FrameRow],
+        status: FileStatus | None = None,
+    ) -> None:
+        """Queue one finished source file: ``features (n, D)``, ``rows`` index into them (0..n-1);
+        ``status`` (how completely it decoded) is recorded in the part marker."""
         if features.ndim != 2:
             raise ValueError(f"features for {path} must be (n, D), got {features.shape}")
         if self._feats and features.shape[1] != self._feats[0].shape[1]:
@@ -220,9 +272,16 @@ class PartWriter:
         self._feats.append(np.asarray(features, dtype=self.dtype))
         self._rows.extend((path, FrameRow(r.frame_index, r.timestamp, r.row + offset, r.duplicate_of)) for r in rows)
         self._files[path] = stamp
+        self._status[path] = status or FileStatus()
         self._n += features.shape[0]
-        if self._n >= self.part_rows:
+        due = self.commit_every_s is not None and time.monotonic() - self._last_commit >= self.commit_every_s
+        if self._n >= self.part_rows or due:
             self.flush()
+
+    @property
+    def pending_files(self) -> int:
+        """Finished files buffered but not yet committed."""
+        return len(self._files)
 
     def flush(self) -> None:
         """Commit the buffered files as one part (no-op when nothing is buffered)."""
@@ -244,12 +303,17 @@ class PartWriter:
             "rows": int(feats.shape[0]),
             "dim": int(dim),
             "dtype": self.dtype.name,
-            "files": {p: _stamp_to_json(s) for p, s in self._files.items()},
+            "files": {
+                p: {**_stamp_to_json(s), **self._status.get(p, FileStatus()).to_json()} for p, s in self._files.items()
+            },
         }
         atomic_write_text(self.pdir / f"{stem}.json", json.dumps(marker) + "\n")  # the commit point
         self.committed.append(stem)
+        self.files_committed += len(self._files)
+        self.rows_committed += int(feats.shape[0])
         self.seq += 1
-        self._feats, self._rows, self._files, self._n = [], [], {}, 0
+        self._last_commit = time.monotonic()
+        self._feats, self._rows, self._files, self._status, self._n = [], [], {}, {}, 0
 
 
 def _fmt_ts(t: float) -> str:
@@ -265,6 +329,19 @@ def write_failures(out_dir: Path, rank: int, failures: dict[str, str]) -> None:
     pdir = parts_dir(out_dir)
     pdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pdir / f"failed-r{rank:03d}.json", json.dumps(failures, indent=1, sort_keys=True) + "\n")
+
+
+def read_failures_of(out_dir: Path, rank: int) -> dict[str, str]:
+    """The failure list rank ``rank`` wrote in its last run ({} when none)."""
+    path = parts_dir(out_dir) / f"failed-r{rank:03d}.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("embed: unreadable failure list %s ignored", path)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def read_failures(out_dir: Path) -> dict[str, str]:
@@ -312,30 +389,75 @@ def _read_part_rows(out_dir: Path, stem: str) -> list[tuple[str, FrameRow]]:
         ]
 
 
+@dataclass
+class FileEntry:
+    """One row of ``files.csv``: how one input was used."""
+
+    path: str
+    status: str  # ok | partial | failed | pending
+    index_rows: int = 0
+    frames_decoded: int | None = None
+    frames_expected: int | None = None
+    reason: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MergeResult:
+    index: Path
+    rows: int
+    files: list[FileEntry]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for f in self.files:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+
 def merge_index(
     out_dir: Path, keep_paths: Iterable[str] | None = None, manifest: dict[str, Any] | None = None
 ) -> tuple[Path, int]:
-    """Write ``index.csv`` (+ ``embed.json``) from all committed parts of all ranks.
+    """:func:`merge` restricted to ``keep_paths``; returns (index path, number of rows)."""
+    inputs = None if keep_paths is None else [(p, {}) for p in keep_paths]
+    res = merge(out_dir, inputs, manifest)
+    return res.index, res.rows
+
+
+def merge(
+    out_dir: Path,
+    inputs: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    manifest: dict[str, Any] | None = None,
+    failures: dict[str, str] | None = None,
+) -> MergeResult:
+    """Write ``index.csv``, ``files.csv`` (+ ``embed.json``) from all committed parts of all ranks.
 
     Per source path, rows come from the latest committed part listing it (older parts of re-embedded
-    files are ignored). ``keep_paths``: restrict to these sources (the current input listing, so
-    files deleted since an earlier run drop out). Returns (index path, number of rows).
+    files are ignored). ``inputs``: ``(path, meta)`` of the current input listing, so files deleted
+    since an earlier run drop out and files not embedded yet show as ``pending``; None = every
+    committed file. ``failures`` (default: every rank's failure list): an input that failed in its
+    latest attempt is ``failed`` and keeps no rows, even if an older version of it was embedded.
     """
     out_dir = Path(out_dir)
     parts = read_parts(out_dir)
     latest = latest_stamps(parts)
-    wanted = set(keep_paths) if keep_paths is not None else None
-    owner = {p: part.stem for p, (_, part) in latest.items() if wanted is None or p in wanted}
+    failures = read_failures(out_dir) if failures is None else dict(failures)
+    wanted = {p for p, _ in inputs} if inputs is not None else None
+    owner = {p: part.stem for p, (_, part) in latest.items() if (wanted is None or p in wanted) and p not in failures}
     by_part: dict[str, list[str]] = {}
     for path, stem in owner.items():
         by_part.setdefault(stem, []).append(path)
     grouped: dict[str, list[IndexRow]] = {}
+    status: dict[str, dict[str, Any]] = {}
     dims = set()
     for part in parts:
         if part.stem not in by_part:
             continue
         dims.add(part.dim)
         mine = set(by_part[part.stem])
+        for path in mine:
+            status[path] = part.status.get(path, {})
         for path, r in _read_part_rows(out_dir, part.stem):
             if path in mine:
                 grouped.setdefault(path, []).append(
@@ -356,11 +478,86 @@ def merge_index(
             n += 1
     index_path = out_dir / "index.csv"
     atomic_write_text(index_path, buf.getvalue())
+    files = _file_entries(inputs, owner, grouped, status, failures)
+    write_files_manifest(out_dir, files)
+    result = MergeResult(index_path, n, files)
     if manifest is not None:
         manifest = dict(manifest)
-        manifest.update(format=FORMAT, rows=n, files=len(grouped), dim=dims.pop() if dims else 0)
+        counts = result.counts
+        manifest.update(
+            format=FORMAT,
+            rows=n,
+            files=len(grouped),
+            dim=dims.pop() if dims else 0,
+            counts=counts,
+            complete=counts["pending"] == 0,
+        )
         atomic_write_text(out_dir / "embed.json", json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return index_path, n
+    return result
+
+
+def _file_entries(
+    inputs: Sequence[tuple[str, dict[str, Any]]] | None,
+    owner: dict[str, str],
+    grouped: dict[str, list[IndexRow]],
+    status: dict[str, dict[str, Any]],
+    failures: dict[str, str],
+) -> list[FileEntry]:
+    metas = dict(inputs) if inputs is not None else {}
+    paths = set(metas) | set(failures) | (set(owner) if inputs is None else set())
+    out = []
+    for path in sorted(paths):
+        meta = dict(metas.get(path) or {})
+        if path in failures:
+            out.append(FileEntry(path, "failed", reason=failures[path], meta=meta))
+        elif path in owner:
+            st = status.get(path, {})
+            out.append(
+                FileEntry(
+                    path,
+                    str(st.get("status", "ok")),
+                    len(grouped.get(path, [])),
+                    st.get("frames_decoded"),
+                    st.get("frames_expected"),
+                    str(st.get("note", "")),
+                    meta,
+                )
+            )
+        else:
+            out.append(FileEntry(path, "pending", meta=meta))
+    return out
+
+
+def write_files_manifest(out_dir: Path, files: Sequence[FileEntry]) -> Path:
+    """``files.csv``: :data:`FILES_COLUMNS`, then every ``Source.meta`` key any input has (a key equal to
+    a fixed column gets a ``meta_`` prefix)."""
+    meta_keys = sorted({k for f in files for k in f.meta})
+    header = list(FILES_COLUMNS) + [f"meta_{k}" if k in FILES_COLUMNS else k for k in meta_keys]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for f in files:
+        cells = [
+            f.path,
+            f.status,
+            f.index_rows,
+            "" if f.frames_decoded is None else f.frames_decoded,
+            "" if f.frames_expected is None else f.frames_expected,
+            f.reason,
+        ]
+        w.writerow(cells + ["" if f.meta.get(k) is None else f.meta[k] for k in meta_keys])
+    path = Path(out_dir) / "files.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_files_manifest(out_dir: str | Path) -> list[dict[str, str]]:
+    """``files.csv`` rows as dicts (strings), in path order."""
+    path = Path(out_dir) / "files.csv"
+    if not path.is_file():
+        raise UsfastError(f"{path} does not exist; run `usfast embed` (or its merge step) first")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def read_index(out_dir: str | Path) -> list[IndexRow]:

@@ -18,6 +18,7 @@ written and :class:`ExportParityError` says by how much it missed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from usjepa_fast.errors import UsfastError
+from usjepa_fast.errors import OutputPathError, UsfastError
 from usjepa_fast.fileio import atomic_write_json, replace_file, temp_name
 
 log = logging.getLogger("usfast")
@@ -276,6 +277,10 @@ def export_onnx(
                 _run_exporter(module, example, tmp, exporter, tokens, opset)
             except UsfastError:
                 raise
+            except OSError as exc:  # writing the graph failed: a path problem, not the exporter's
+                raise OutputPathError(
+                    f"cannot write the ONNX export {out_path} ({exc.strerror or exc}); choose another --out"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - exporter failures are many types; report one line
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
                 raise UsfastError(
@@ -310,7 +315,8 @@ def export_onnx(
             os.replace(ext, out_path.with_name(out_path.name + ".data"))
         replace_file(tmp, out_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed cleanup must never replace the real error
+            tmp.unlink(missing_ok=True)
     sidecar = sidecar_path_for(out_path)
     export_block = {
         "format": EXPORT_FORMAT,

@@ -45,10 +45,13 @@ def compare(
     reference_csv: str | Path | None = None,
     arch: str | None = None,
     pool: str | None = None,
+    precision: str | None = "fp32",
+    calibration: Any = None,
 ) -> CompareReport:
     """Evaluate every encoder spec on every dataset and write the tables / plots into ``out_dir``.
 
-    ``cache_dir=None`` uses the shared feature cache (see the module doc).
+    ``cache_dir=None`` uses the shared feature cache (see the module doc). ``precision`` /
+    ``calibration``: the runtime precision of every spec (``probe.features.open_encoder``).
     """
     cfg = cfg or EvalConfig()
     if not encoders:
@@ -64,7 +67,7 @@ def compare(
     display: list[str] = []
     first_encoder: Encoder | None = None
     for i, spec in enumerate(encoders):
-        enc = open_encoder(spec, arch=arch, pool=pool)
+        enc = open_encoder(spec, arch=arch, pool=pool, precision=precision, calibration=calibration)
         first_encoder = first_encoder or enc
         label = names[i] if names is not None else enc.name
         display.append(label)

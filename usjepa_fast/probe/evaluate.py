@@ -65,6 +65,28 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.class_weight not in CLASS_WEIGHTS:
             raise UsfastError(f"class weight {self.class_weight!r}: use none or balanced")
+        self.validate()
+
+    def validate(self) -> EvalConfig:
+        """Every range checked before any encoder is opened (``ConfigError`` naming key, value, range)."""
+        from usjepa_fast.config import bad_value, check_choice, check_int, check_number
+
+        what = "eval option"
+        check_choice(self.preset, "preset", ("paper", "sweep"), what=what)
+        if not self.seeds:
+            raise bad_value("seeds", self.seeds, "at least one integer seed", what)
+        for seed in self.seeds:
+            check_int(seed, "seeds", 0, what=what)
+        for frac in self.fewshot:
+            check_number(frac, "fewshot", 0, 1, lo_open=True, what=what, extra="(a fraction of the labels)")
+        unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
+        if unknown or (self.robustness and not self.corruptions):
+            raise bad_value("corruptions", unknown or self.corruptions, f"names from {sorted(CORRUPTIONS)}", what)
+        for severity in self.severities:
+            check_choice(severity, "severities", SEVERITIES, what=what)
+        check_int(self.corruption_seed, "corruption_seed", 0, what=what)
+        check_int(self.batch_size, "batch_size", 1, what=what)
+        return self
 
     def probe_config(self) -> PaperConfig | SweepConfig:
         if self.preset == "paper":

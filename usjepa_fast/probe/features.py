@@ -3,7 +3,12 @@
 Cache layout (``cache_dir`` defaults to ``$USFAST_CACHE_DIR/features`` or ``~/.cache/usfast/features``)::
 
     <cache_dir>/<encoder key>/<dataset key>-<split>[-<corruption>-s<severity>-r<seed>].npz
-        X (N, D) float32, y (N,) int64, paths (N,) str, meta (json string)
+        X (N, D) float16 (float32 when a value exceeds fp16's range), y (N,) int64, paths (N,) str,
+        meta (json string)
+
+Features are stored as fp16 (half the disk; ~1e-3 relative rounding, far below probe noise) and a
+freshly computed split is rounded the same way, so the first run and every cached rerun probe the
+very same numbers; the probe itself runs in fp32.
 
 The *encoder key* hashes the weights' ``source_hash`` and everything that changes the pixels the
 encoder sees or how it pools (input size, mean/std, pool, width); the *dataset key* hashes the
@@ -93,6 +98,8 @@ def open_encoder(
     backend: str = "auto",
     device: torch.device | str | None = None,
     seed: int = 0,
+    precision: str | None = "fp32",
+    calibration: Any = None,
 ) -> Encoder:
     """Open ``spec`` (see module doc) as an :class:`Encoder` on ``device`` (CUDA if present).
 
@@ -100,7 +107,10 @@ def open_encoder(
     compare take every spec form and choose backends in one place. ``backend="auto"`` here is the
     spec's own runtime -- PyTorch for torch-loadable specs, ONNX Runtime / TensorRT for ``.onnx`` /
     ``.engine`` files -- because features are computed once and cached: an on-the-fly ONNX export
-    (what embed's CPU ``auto`` may do) would cost more than it saves.
+    (what embed's CPU ``auto`` may do) would cost more than it saves. ``precision`` (default fp32,
+    the paper's protocol; ``None`` = auto) / ``calibration`` (int8): as in ``open_backend``, whose
+    parity gate checks anything but fp32; the feature cache key covers the backend's name and the
+    machine, so reduced-precision features never come from an fp32 entry.
     """
     if isinstance(spec, Encoder):
         return spec
@@ -117,7 +127,16 @@ def open_encoder(
 
     if backend == "auto" and parse_encoder_spec(spec, arch).form != "runtime":
         backend = "torch"
-    be = open_backend(str(spec), backend=backend, device=dev, arch=arch, pool=pool, seed=seed)
+    be = open_backend(
+        str(spec),
+        backend=backend,
+        device=dev,
+        arch=arch,
+        pool=pool,
+        seed=seed,
+        precision=None if precision == "auto" else precision,
+        calibration=calibration,
+    )
     return Encoder(fn=be, info=be.info, device=be.device, name=str(be.info.name))
 
 
@@ -253,13 +272,24 @@ class FeatureCache:
         buf = io.BytesIO()
         np.savez(
             buf,
-            X=feats.x,
+            X=stored_features(feats.x),
             y=feats.y,
             paths=np.asarray(feats.paths, dtype=str),
             meta=np.asarray(json.dumps({**meta, "skipped": feats.skipped})),
         )
         # a cache: entries are validated on load and recomputed when torn, so no fsync (durable=False)
         atomic_write_bytes(path, buf.getvalue(), durable=False)
+
+
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def stored_features(x: np.ndarray) -> np.ndarray:
+    """The cache's storage form of ``x (N, D)``: float16, or float32 if any value is out of fp16 range."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size and (not np.isfinite(x).all() or float(np.abs(x).max()) >= FP16_MAX):
+        return x
+    return x.astype(np.float16)
 
 
 def split_features(
@@ -287,7 +317,8 @@ def split_features(
         return hit
     transform = CorruptionTransform(corruption, encoder.info) if corruption is not None else None
     emb = embed_split(encoder, dataset_root, split, batch_size=batch_size, dataset=dataset, pixel_transform=transform)
-    feats = SplitFeatures(x=emb.x, y=emb.y, paths=emb.paths, skipped=len(emb.failed))
+    x = stored_features(emb.x).astype(np.float32)  # what a cached rerun will read back
+    feats = SplitFeatures(x=x, y=emb.y, paths=emb.paths, skipped=len(emb.failed))
     if feats.skipped:
         log.warning("probe: %d of %d items could not be read and were skipped", feats.skipped, len(dataset))
     log.info(

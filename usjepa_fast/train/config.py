@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from usjepa_fast.config import load_config
+from usjepa_fast.config import check_int, check_number, flatten, load_config, load_yaml, to_dict
+from usjepa_fast.errors import ConfigError
 from usjepa_fast.masking.multiblock import MaskConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -142,6 +143,67 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the first key whose value is out of range; returns ``self``.
+
+        Runs when the config is loaded and again when a ``Trainer`` starts, before any model is built."""
+        w = "config key"
+        d, m, o, r, k, obj = self.data, self.model, self.optim, self.run, self.mask, self.objective
+        check_int(d.image_size, "data.image_size", 16, what=w)
+        check_int(m.patch_size, "model.patch_size", 1, what=w)
+        if d.image_size % m.patch_size:
+            raise ConfigError(
+                f"config key data.image_size={d.image_size} is not a multiple of model.patch_size={m.patch_size}; "
+                "use a multiple"
+            )
+        for i, v in enumerate(d.std):
+            check_number(v, f"data.std[{i}]", 0, lo_open=True, what=w)
+        lo, hi = d.crop_scale
+        if not (0 < lo <= hi <= 1):
+            raise ConfigError(f"config key data.crop_scale={[lo, hi]!r} is invalid; use 0 < min <= max <= 1")
+        check_int(d.cap, "data.cap", 1, what=w)
+        check_int(d.every_k, "data.every_k", 1, what=w)
+        if d.max_frames_per_clip is not None:
+            check_int(d.max_frames_per_clip, "data.max_frames_per_clip", 1, what=w, extra="or null")
+        check_number(d.val_fraction, "data.val_fraction", 0, 1, hi_open=True, what=w)
+        check_int(d.batch_size, "data.batch_size", 1, what=w)
+        check_int(d.num_workers, "data.num_workers", 0, what=w)
+        check_number(m.drop_path_rate, "model.drop_path_rate", 0, 1, hi_open=True, what=w)
+        check_number(obj.beta, "objective.beta", 0, lo_open=True, what=w)
+        check_int(obj.pixel_pool, "objective.pixel_pool", 1, what=w)
+        check_int(o.steps, "optim.steps", 1, what=w)
+        check_int(o.warmup_steps, "optim.warmup_steps", 0, what=w)
+        for name in ("start_lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):
+            check_number(getattr(o, name), f"optim.{name}", 0, what=w)
+        check_number(o.lr, "optim.lr", 0, lo_open=True, what=w)
+        check_number(o.eps, "optim.eps", 0, lo_open=True, what=w)
+        for i, beta in enumerate(o.betas):
+            check_number(beta, f"optim.betas[{i}]", 0, 1, hi_open=True, what=w)
+        check_int(o.grad_accum, "optim.grad_accum", 1, what=w)
+        for name in ("log_every", "ckpt_every", "keep_last", "val_every"):
+            check_int(getattr(r, name), f"run.{name}", 1, what=w)
+        if r.val_batches is not None:
+            check_int(r.val_batches, "run.val_batches", 1, what=w, extra="or null")
+        if r.stop_after is not None:
+            check_int(r.stop_after, "run.stop_after", 1, what=w, extra="or null")
+        if r.num_threads is not None:
+            check_int(r.num_threads, "run.num_threads", 1, what=w, extra="or null")
+        if not str(r.out_dir).strip():
+            raise ConfigError("config key run.out_dir is empty; set it to the run directory (or pass --out)")
+        check_int(k.num_target_blocks, "mask.num_target_blocks", 1, what=w)
+        check_int(k.min_keep, "mask.min_keep", 1, what=w)
+        check_int(k.max_tries, "mask.max_tries", 1, what=w)
+        check_number(k.tau, "mask.tau", 0, 1, what=w)
+        for name in ("target_scale", "context_scale"):
+            lo, hi = getattr(k, name)
+            if not (0 < lo <= hi <= 1):
+                raise ConfigError(f"config key mask.{name}={[lo, hi]!r} is invalid; use 0 < min <= max <= 1")
+        for name in ("target_aspect", "context_aspect"):
+            lo, hi = getattr(k, name)
+            if not (0 < lo <= hi):
+                raise ConfigError(f"config key mask.{name}={[lo, hi]!r} is invalid; use 0 < min <= max")
+        return self
+
 
 def resolve_config_path(path: str | Path) -> Path:
     """A path as given, or the name of a shipped recipe (``salt_tiny_cpu`` / ``salt_tiny_cpu.yaml``)."""
@@ -153,5 +215,76 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML recipe (path or shipped name) + ``section.key=value`` overrides -> :class:`TrainConfig`."""
-    return load_config(TrainConfig, resolve_config_path(path) if path is not None else None, overrides)
+    """YAML recipe (path or shipped name) + ``section.key=value`` overrides -> :class:`TrainConfig`
+    (validated: see :meth:`TrainConfig.validate`)."""
+    return load_config(TrainConfig, resolve_config_path(path) if path is not None else None, overrides).validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# resume: what may change between the invocations of one run
+
+# Keys a resumed run may change: they extend or shape the rest of the run without changing what the
+# steps already taken meant (optim.steps stretches the schedules from the current step on; the
+# others are cadence, logging and where/how fast it runs).
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "optim.steps",
+    "run.stop_after",
+    "run.log_every",
+    "run.ckpt_every",
+    "run.val_every",
+    "run.val_batches",
+    "run.keep_last",
+    "run.progress",
+    "run.num_threads",
+    "run.compile",
+    "run.out_dir",
+    "data.num_workers",
+    "data.cache_dir",  # where detected scan masks are cached: the masks themselves do not change
+    "data.mask_cache",
+)
+
+
+def resume_changes(stored: TrainConfig | dict[str, Any], new: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, new value)`` for every key that differs (run.out_dir compared as a
+    resolved path). A key the stored config lacks (written by an older usfast) counts as its
+    default, which is what resuming it runs with. Raises :class:`ConfigError` naming the first key
+    outside :data:`RESUMABLE_KEYS`."""
+    old_tree = to_dict(stored) if not isinstance(stored, dict) else stored
+    old, cur = {**flatten(to_dict(TrainConfig())), **flatten(old_tree)}, flatten(to_dict(new))
+    changes = []
+    for key in sorted(set(old) | set(cur)):
+        a, b = old.get(key), cur.get(key)
+        same_dir = key == "run.out_dir" and a is not None and b is not None
+        if same_dir and Path(str(a)).resolve() == Path(str(b)).resolve():
+            continue
+        if a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            continue
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--resume: {key}={b!r} differs from the run's {a!r} and cannot change mid-run (resumable: "
+                f"{', '.join(RESUMABLE_KEYS)}); start a new run.out_dir for other settings"
+            )
+        changes.append((key, a, b))
+    return changes
+
+
+def load_resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The config of an existing run: ``RUN/config.yaml`` + only the ``overrides`` given now (a bare
+    ``--resume`` needs no repeated ``--set``), with ``run.out_dir`` = ``run_dir``. The overrides are
+    checked against :data:`RESUMABLE_KEYS` when the run starts (``Trainer``)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no config.yaml there (not a usfast run directory); pass the run directory "
+            "that `usfast train` wrote, or start a new run without --resume"
+        )
+    stored = load_yaml(path)
+    stored.setdefault("run", {})["out_dir"] = str(run_dir)
+    return _from_stored(stored, overrides)
+
+
+def _from_stored(stored: dict[str, Any], overrides: list[str] | None) -> TrainConfig:
+    from usjepa_fast.config import apply_overrides, from_dict
+
+    return from_dict(TrainConfig, apply_overrides(stored, list(overrides or []))).validate()

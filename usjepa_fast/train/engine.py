@@ -54,9 +54,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from usjepa_fast.config import save_config, to_dict
+from usjepa_fast.config import from_dict, load_yaml, save_config, to_dict
 from usjepa_fast.data.sampler import CorpusSampler
-from usjepa_fast.errors import ConfigError, UsfastError
+from usjepa_fast.errors import ConfigError, Terminated, UsfastError, note_saved
+from usjepa_fast.fileio import atomic_write_text, check_output_dir, folder_lock
 from usjepa_fast.hardware import bf16_training_pays
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
 from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
@@ -65,8 +66,9 @@ from usjepa_fast.models.predictor import Predictor
 from usjepa_fast.models.registry import create
 from usjepa_fast.models.teacher import Teacher, ema_teacher, frozen_teacher
 from usjepa_fast.models.vit import VisionTransformer
+from usjepa_fast.progress import LogProgress
 from usjepa_fast.train import checkpoint as ckpt
-from usjepa_fast.train.config import TrainConfig
+from usjepa_fast.train.config import TrainConfig, resume_changes
 from usjepa_fast.train.data import build_pretrain_data, collate_pretrain
 from usjepa_fast.train.schedules import lr_at, momentum_at, wd_at
 
@@ -184,6 +186,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.num_threads)
         self.run_dir = Path(cfg.run.out_dir)
         self._validate_config()
+        self._lock = None
+        self._claim_run_dir(resume)  # output path, lock, resume rules: before any model is built
         pays, why = bf16_training_pays(self.device)
         self.use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and pays)
         log.info(
@@ -193,7 +197,8 @@ class Trainer:
         self.collator = MultiBlockMaskCollator(cfg.mask, self.grid, seed=cfg.run.seed)
         # One worker: masks are drawn while the main thread runs the teacher forward.
         self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usfast-masks")
-        self.interrupt_requested = False  # a Ctrl-C arrived during the update phase (deferred)
+        self.interrupt_requested = False  # a Ctrl-C / SIGTERM arrived during the update phase (deferred)
+        self.interrupt_signal = signal.SIGINT
 
         # Models: identical init on every rank (seeded), then per-rank RNG for dropout/augmentation.
         torch.manual_seed(cfg.run.seed)
@@ -246,17 +251,16 @@ class Trainer:
         self.best_val: float | None = None
         self.resumed_from: int | None = None
         self.fallbacks: dict[str, int] = {}
-        self._prepare_run_dir(resume)
+        try:
+            self._prepare_run_dir(resume)
+        except BaseException:
+            self.close()
+            raise
 
     # -- set-up -----------------------------------------------------------------------------------
     def _validate_config(self) -> None:
         cfg = self.cfg
-        if cfg.data.image_size % cfg.model.patch_size:
-            raise ConfigError(
-                f"data.image_size={cfg.data.image_size} is not a multiple of model.patch_size={cfg.model.patch_size}"
-            )
-        if cfg.optim.grad_accum < 1 or cfg.optim.steps < 1:
-            raise ConfigError("optim.steps and optim.grad_accum must be >= 1")
+        cfg.validate()  # every range (TrainConfig.validate); below: what needs more than one key
         if cfg.objective.kind == "salt" and not cfg.teacher.spec:
             raise ConfigError(
                 "objective.kind=salt needs teacher.spec (a run dir / .safetensors, zoo:URFM=PATH, a checkpoint + "
@@ -309,24 +313,74 @@ class Trainer:
         )
         return student, predictor, teacher  # type: ignore[return-value]
 
+    def _claim_run_dir(self, resume: bool) -> None:
+        """Check ``run.out_dir`` can be written, lock it (rank 0) and apply the resume rules: a fresh
+        run never reuses a folder that holds a run; a resumed one may change only resumable keys
+        (``train.config.RESUMABLE_KEYS``) of its ``config.yaml``."""
+        check_output_dir(self.run_dir, what="run.out_dir")
+        if self.dist.is_main:
+            self._lock = folder_lock(self.run_dir, "usfast train")
+        try:
+            stored = self.run_dir / "config.yaml"
+            has_ckpt = ckpt.latest_checkpoint(self.run_dir) is not None
+            if not resume and (has_ckpt or stored.is_file()):
+                raise UsfastError(
+                    f"{self.run_dir} already holds a run ({'checkpoints' if has_ckpt else 'config.yaml'}); pass "
+                    "--resume to continue it, or set run.out_dir to a new directory"
+                )
+            self._stored_config: TrainConfig | None = None
+            self._config_changes: list[tuple[str, Any, Any]] = []
+            if resume and stored.is_file():
+                self._stored_config = from_dict(TrainConfig, load_yaml(stored))
+                self._config_changes = resume_changes(self._stored_config, self.cfg)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def _prepare_run_dir(self, resume: bool) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir)
-        if latest is not None and not resume:
-            raise UsfastError(
-                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or set run.out_dir to a new "
-                "directory"
-            )
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
         if latest is not None:
             self.load_checkpoint(latest)
             self.resumed_from = self.step
+            if self.cfg.optim.steps < self.step:
+                raise ConfigError(
+                    f"--resume: optim.steps={self.cfg.optim.steps} is below the {self.step} steps {self.run_dir} has "
+                    "already taken; set optim.steps >= that to extend the run"
+                )
             if self.dist.is_main:
                 self._truncate_metrics(self.step)
+                self.best_val = _best_logged(self.best_val, self.run_dir / "metrics.jsonl", self.step)
             log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, self.step, self.epoch, self.consumed)
         elif resume:
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
+        if self.dist.is_main:
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """``config.yaml`` (the run's effective config). A resume that changes resumable keys first
+        keeps the previous file as ``config_history/NNN.yaml`` (never overwritten silently)."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            save_config(self.cfg, path)
+            return
+        if not self._config_changes:
+            return
+        history = self.run_dir / "config_history"
+        history.mkdir(exist_ok=True)
+        n = len([p for p in history.glob("[0-9][0-9][0-9].yaml")])
+        change = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in self._config_changes)
+        kept = history / f"{n:03d}.yaml"
+        header = f"# config.yaml of this run until step {self.step}; then replaced by a --resume with: {change}\n"
+        atomic_write_text(kept, header + path.read_text())
+        save_config(self.cfg, path)
+        log.info("config.yaml updated on resume (%s); the previous one is kept as %s", change, kept)
 
     # -- data -------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, sampler: Any, seed: int) -> DataLoader:
@@ -397,8 +451,10 @@ class Trainer:
         return self.collect_masks(self.masks_async(batch, seed_parts))
 
     def close(self) -> None:
-        """Stop the mask thread (``run`` does this; call it when driving a Trainer by hand)."""
+        """Stop the mask thread and release the run folder's lock (``run`` does this; call it when
+        driving a Trainer by hand)."""
         self._mask_pool.shutdown(wait=True, cancel_futures=True)
+        self._release_lock()
 
     # -- the step ---------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -468,7 +524,7 @@ class Trainer:
         cfg, o = self.cfg, self.cfg.optim
         lr = lr_at(self.step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
         wd = wd_at(self.step, o.steps, o.weight_decay, o.final_weight_decay)
-        with _sigint_deferred(self._request_interrupt):
+        with _signals_deferred(self._request_interrupt):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
                 group["weight_decay"] = wd if group["apply_wd"] else 0.0
@@ -484,8 +540,9 @@ class Trainer:
             self.step += 1
         return lr, wd, grad_norm, momentum
 
-    def _request_interrupt(self) -> None:
+    def _request_interrupt(self, signum: int = signal.SIGINT) -> None:
         self.interrupt_requested = True
+        self.interrupt_signal = signum
 
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -616,32 +673,50 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def _sigint_deferred(on_interrupt: Callable[[], None]) -> Iterator[None]:
-    """Hold SIGINT for the duration of the block, then hand it on.
+def _signals_deferred(on_interrupt: Callable[[int], None]) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the duration of the block, then hand them on.
 
-    Python's default handler (KeyboardInterrupt) becomes ``on_interrupt()`` after the block, so the
+    Python's default SIGINT handler (KeyboardInterrupt) and usfast's SIGTERM handler (``errors.
+    Terminated``, marked ``usfast_terminates``) become ``on_interrupt(signum)`` after the block, so the
     caller raises at a point where its state is consistent; another Python handler is called late;
-    an ignored signal stays ignored. Outside the main thread (signals cannot be handled there) or
-    when the handler was installed outside Python, the block runs unprotected.
+    the default SIGTERM action (no handler installed) runs late; an ignored signal stays ignored.
+    Outside the main thread (signals cannot be handled there) or when a handler was installed
+    outside Python, that signal is not held.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:
-        yield
-        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [s for s, h in previous.items() if h is not None]
     received: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    for s in held:
+        signal.signal(s, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if previous is signal.default_int_handler:
-                on_interrupt()
-            elif callable(previous):
-                previous(signal.SIGINT, None)
+        for s in held:
+            signal.signal(s, previous[s])
+        for s in dict.fromkeys(received):
+            handler = previous[s]
+            if handler is signal.default_int_handler or getattr(handler, "usfast_terminates", False):
+                on_interrupt(s)
+            elif handler is signal.SIG_DFL:
+                signal.raise_signal(s)
+            elif callable(handler):
+                handler(s, None)
+
+
+def _best_logged(best: float | None, metrics: Path, step: int) -> float | None:
+    """The lowest of ``best`` (from the checkpoint) and every ``val_loss`` logged up to ``step``: with
+    the checkpoint written before validation, a run killed right after a validation still knows it."""
+    if not metrics.is_file():
+        return best
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        val = row.get("val_loss")
+        if val is not None and row.get("step", step + 1) <= step and (best is None or val < best):
+            best = float(val)
+    return best
 
 
 def _jsonable(value: Any) -> Any:
@@ -653,12 +728,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def _progress(trainer: Trainer) -> Any:
+    """A tqdm bar on a terminal, periodic log lines otherwise (``usjepa_fast.progress``); rank 0 only."""
     if not (trainer.cfg.run.progress and trainer.dist.is_main):
         return None
-    from tqdm.auto import tqdm
+    from usjepa_fast.progress import progress
 
-    return tqdm(
-        total=trainer.cfg.optim.steps, initial=trainer.step, desc="usfast train", unit="step", dynamic_ncols=True
+    return progress(trainer.cfg.optim.steps, "usfast train", "step", initial=trainer.step)
+
+
+def _log_line(step: int, total: int, loss: float, lr: float, ips: float, eta_s: float) -> str:
+    """timm ``train.py``-style record: ``step 40/300 (13%)  loss 0.4312  lr 1.00e-03  12.3 img/s  ETA 0:03:21``."""
+    from usjepa_fast.progress import format_eta
+
+    return (
+        f"step {step}/{total} ({100.0 * step / max(total, 1):.0f}%)  loss {loss:.4f}  lr {lr:.2e}  "
+        f"{ips:.1f} img/s  ETA {format_eta(eta_s)}"
     )
 
 
@@ -719,6 +803,11 @@ def run(
                     )
                     if bar is not None:
                         bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{metrics['lr']:.2e}", img_s=f"{ips:.1f}")
+                    if trainer.dist.is_main and (bar is None or isinstance(bar, LogProgress)):
+                        # no terminal bar (progress off, or a log file): one timm-style line per log step
+                        steps_s = (step - (trainer.resumed_from or 0)) / max(time.perf_counter() - t_start, 1e-9)
+                        eta = (stop_at - step) / steps_s if steps_s > 0 else float("inf")
+                        log.info("%s", _log_line(step, total, final_loss, metrics["lr"], ips, eta))
                     window_loss, window_n, window_images, window_t = (
                         torch.zeros_like(window_loss),
                         0,
@@ -727,30 +816,43 @@ def run(
                     )
                 if bar is not None:
                     bar.update(1)
-                if trainer.interrupt_requested:  # Ctrl-C during the update: the step is complete and logged
-                    raise KeyboardInterrupt
+                if trainer.interrupt_requested:  # Ctrl-C / SIGTERM during the update: the step is complete
+                    raise (
+                        Terminated(trainer.interrupt_signal)
+                        if trainer.interrupt_signal == signal.SIGTERM
+                        else (KeyboardInterrupt())
+                    )
+                # Checkpoint first, then validate: a crash in (or right after) validation loses no
+                # step; a resume recovers the best loss from metrics.jsonl (_best_logged).
+                if step % r.ckpt_every == 0 or step == stop_at:
+                    if window_n:  # never checkpoint weights a non-finite loss has already reached
+                        check_finite(float(window_loss))
+                    last_ckpt = trainer.save_checkpoint()
                 if step % r.val_every == 0 or step == total:
+                    rng_before_val = ckpt.rng_state()  # validation must not shift the training stream
                     val = trainer.validate()
+                    ckpt.set_rng_state(rng_before_val)
                     if val is not None:
                         trainer.log_metrics({"step": step, "val_loss": val})
                         if trainer.best_val is None or val < trainer.best_val:
                             trainer.best_val = val
                             if trainer.dist.is_main:
                                 ckpt.atomic_torch_save(trainer.state(), trainer.run_dir / "best.pt")
-                if step % r.ckpt_every == 0 or step == stop_at:
-                    if window_n:  # never checkpoint weights a non-finite loss has already reached
-                        check_finite(float(window_loss))
-                    last_ckpt = trainer.save_checkpoint()
                 if step % r.log_every == 0:  # throughput windows exclude validation and checkpoint time
                     window_t = time.perf_counter()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 if trainer.step == step_before:
                     # Interrupted in the forward/backward: roll back to the start of the step (exact).
                     trainer.optimizer.zero_grad(set_to_none=True)
                     last_ckpt = trainer.save_checkpoint(collective=False, position=position, rng=rng)
                 else:  # the update finished (SIGINT is deferred past it): the post-step state is exact
                     last_ckpt = trainer.save_checkpoint(collective=False)
-                log.warning("interrupted at step %d; checkpoint %s (resume with --resume)", trainer.step, last_ckpt)
+                text = (
+                    f"checkpoint {last_ckpt} at step {trainer.step}/{total}; "
+                    f"resume with `usfast train --resume {trainer.run_dir}`"
+                )
+                log.warning("interrupted: %s", text)
+                note_saved(exc, text)
                 raise
     finally:
         trainer.close()
