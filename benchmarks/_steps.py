@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -51,22 +52,46 @@ class TimeLimit:
             self._armed = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> bool:
         if self._armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._previous)
+        # an alarm that fires after the block's own handlers (its last bytecodes) ends the row, not the step
+        return exc_type is RowTimeout
+
+
+# The whole step's time (``USFAST_STEP_BUDGET_S``, set by gpu_check.sh a little under the hard
+# ``timeout`` of the step): rows are cut to what is left of it, so the step ends by itself and its
+# last JSON line is written before the shell's kill would come.
+_STEP_T0 = time.monotonic()
+_BUDGET_RESERVE_S = 2.0  # kept back for the ratio table and the JSON line
+
+
+def budget_left() -> float | None:
+    """Seconds left of the step's budget (None: no budget set)."""
+    budget = os.environ.get("USFAST_STEP_BUDGET_S")
+    if not budget:
+        return None
+    return float(budget) - (time.monotonic() - _STEP_T0) - _BUDGET_RESERVE_S
 
 
 @contextlib.contextmanager
 def guarded_row(row: dict, seconds: float | None) -> Iterator[TimeLimit]:
     """Run one row's measurement; an exception or a timeout is recorded in ``row`` (``error`` /
-    ``timeout``), never raised, so the step goes on with its next row."""
+    ``timeout``), never raised, so the step goes on with its next row. The row's limit is cut to
+    what is left of the step's budget; with nothing left the row stops at once (``timeout``)."""
     t0 = time.perf_counter()
+    left = budget_left()
+    spent = left is not None and left <= 0.5
+    if left is not None:
+        seconds = 1e-3 if spent else min(seconds, left) if seconds else left
     with TimeLimit(seconds) as limit:
         try:
             yield limit
         except Exception as exc:  # noqa: BLE001 - one row failing must not end the step
-            if limit.fired:
+            if spent:
+                row["timeout"] = "not run: the step's time budget was spent"
+            elif limit.fired:
                 row["timeout"] = f"ran past its {seconds:.0f} s limit"
             else:
                 row["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
@@ -79,7 +104,14 @@ def emit(line: str = "") -> None:
 
 
 def start(step: str, title: str, dry_run: bool) -> dict:
-    """Print the results-file header of ``step``; returns the machine facts for the JSON line."""
+    """Print the results-file header of ``step``; returns the machine facts for the JSON line.
+
+    A dry run computes with one intra-op thread: its tensors are tiny, and on a shared 2-core
+    machine two OpenMP threads waiting on each other's barriers run ~40x slower than one."""
+    if dry_run:
+        import torch
+
+        torch.set_num_threads(1)
     facts = gpu_facts()
     for line in gpu_header(facts):
         emit(line)
