@@ -18,7 +18,7 @@
 # Every file: the GPU name, driver, torch / triton versions in its header, rows as they are measured,
 # one JSON line last. Each step runs under its own `timeout` (a hang costs that step, not the run),
 # and every row inside a step under its own limit, cut to what is left of the step (USFAST_STEP_BUDGET_S),
-# so a step ends by itself and writes its JSON line before its timeout. The step limits sum to 465 s;
+# so a step ends by itself and writes its JSON line before its timeout. The step limits sum to 460 s;
 # the run also stops starting steps past its total budget (TOTAL_S). The files are copied to $OUT
 # when that is set. Exit status: 0 when every step passed, 1 otherwise (gpu_summary.txt says which).
 set -u -o pipefail
@@ -48,7 +48,7 @@ export PYTHONUNBUFFERED=1
 # configs in parallel; train compiles ViT-B + predictor twice; embed compiles and exports two encoders).
 STEPS="tests kernels train embed probe"
 declare -A SCRIPT=([tests]=gpu_tests.py [kernels]=kernels.py [train]=gpu_train.py [embed]=gpu_embed.py [probe]=gpu_probe.py)
-declare -A GPU_S=([tests]=80 [kernels]=95 [train]=160 [embed]=100 [probe]=30)
+declare -A GPU_S=([tests]=80 [kernels]=105 [train]=155 [embed]=90 [probe]=30)
 declare -A DRY_S=([tests]=60 [kernels]=70 [train]=80 [embed]=80 [probe]=40)
 for s in ${ONLY//,/ }; do
     [ -n "${SCRIPT[$s]:-}" ] || { echo "gpu_check: unknown step $s; steps: $STEPS" >&2; exit 2; }

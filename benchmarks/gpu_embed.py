@@ -50,12 +50,12 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batch", type=int, default=256, help="frames per inference call")
-    p.add_argument("--frames", type=int, default=2048, help="pre-processed frames per ceiling row")
+    p.add_argument("--frames", type=int, default=1024, help="pre-processed frames per ceiling row")
     p.add_argument("--clips", type=int, default=8, help="synthetic clips for the end-to-end rows")
     p.add_argument("--clip-frames", type=int, default=64)
     p.add_argument("--rows", default=",".join(CEILING_ROWS))
     p.add_argument("--row-limit", type=float, default=30.0, help="seconds per row")
-    p.add_argument("--compile-limit", type=float, default=90.0, help="seconds per compiled / exported row")
+    p.add_argument("--compile-limit", type=float, default=60.0, help="seconds per compiled / exported row")
     p.add_argument("--dry-run", action="store_true")
     return p.parse_args()
 
@@ -102,7 +102,8 @@ def print_row(r: dict) -> None:
     elif "skipped" in r:
         emit(f"{lead} skipped: {r['skipped']}")
     else:
-        emit(f"{lead} {r['frames_per_s']:>10.1f} {r.get('open_s', 0.0):>7.1f}  {r.get('backend', '')}")
+        opened = f"{r['open_s']:>7.1f}" if "open_s" in r else f"{'-':>7}"
+        emit(f"{lead} {r['frames_per_s']:>10.1f} {opened}  {r.get('backend', '')}")
 
 
 def main() -> int:
