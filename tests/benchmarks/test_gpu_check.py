@@ -135,7 +135,7 @@ def test_a_spent_run_budget_marks_every_step_not_run(tmp_path: Path) -> None:
 def test_dry_run_runs_every_step_and_writes_its_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    res = _check("--dry-run", "--results", str(tmp_path / "res"), env={"OUT": str(out)}, timeout=420)
+    res = _check("--dry-run", "--results", str(tmp_path / "res"), env={"OUT": str(out)}, timeout=480)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     for step in STEPS:
         path = tmp_path / "res" / f"gpu_{step}.txt"
