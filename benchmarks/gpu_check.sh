@@ -43,7 +43,7 @@ done
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the checkout's package, no install needed
 export PYTHONUNBUFFERED=1
-# step -> "script  GPU limit (s)  dry-run limit (s)". GPU limits: what each step needs on an H200 with
+# Per step: its script, its limit (s) on the GPU and on a dry run. GPU limits: what each step needs on an H200 with
 # a cold Triton / inductor cache (tests compile ~40 kernel variants; kernels warm the autotuner's
 # configs in parallel; train compiles ViT-B + predictor twice; embed compiles and exports two encoders).
 STEPS="tests kernels train embed probe"
