@@ -78,18 +78,20 @@ LAST_CPU_S = [0.0]
 
 
 def peer(files: list[Path], encoder: torch.nn.Module, batch: int = 32) -> tuple[float, dict, int]:
-    """The hand-written loop. Returns (seconds, {(file, frame): feature}, frames)."""
+    """The hand-written loop (on the encoder's device: the CPU here, a GPU in ``gpu_embed.py``).
+    Returns (seconds, {(file, frame): feature}, frames)."""
     import av
 
     from usjepa_fast.data.preprocess import preprocess_batch
 
     info = encoder.info
+    device = next(encoder.parameters()).device
     feats: dict[tuple[str, int], np.ndarray] = {}
 
     def run(buf: list, keys: list) -> None:
         x = preprocess_batch(torch.from_numpy(np.stack(buf)), None, info.input_size, info.mean, info.std)
         with torch.inference_mode():
-            out = encoder(x).numpy()
+            out = encoder(x.to(device)).cpu().numpy()
         feats.update(zip(keys, out, strict=True))
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -112,7 +114,7 @@ def usfast_embed(clips: Path, out: Path, backend, **opts) -> tuple[float, object
     from usjepa_fast.embed import EmbedOptions, embed_folder
 
     shutil.rmtree(out, ignore_errors=True)
-    options = EmbedOptions(batch_size=32, scan_region=False, progress=False, **opts)
+    options = EmbedOptions(**{"batch_size": 32, "scan_region": False, "progress": False, **opts})
     t0, c0 = time.perf_counter(), time.process_time()
     summary = embed_folder(clips, out, backend, options=options)
     LAST_CPU_S[0] = time.process_time() - c0
@@ -120,11 +122,15 @@ def usfast_embed(clips: Path, out: Path, backend, **opts) -> tuple[float, object
 
 
 def ceiling(backend, x: torch.Tensor, batch: int = 32) -> float:
-    """Model-only frames/s on pre-processed tensors."""
-    backend(x[:batch])  # warm-up
+    """Model-only frames/s on pre-processed tensors (on a GPU: ``x`` already there, synchronised)."""
+    out = backend(x[:batch])  # warm-up
+    if out.is_cuda:
+        torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, x.shape[0], batch):
-        backend(x[i : i + batch])
+        out = backend(x[i : i + batch])
+    if out.is_cuda:
+        torch.cuda.synchronize()
     LAST_CPU_S[0] = time.process_time() - c0
     return x.shape[0] / (time.perf_counter() - t0)
 

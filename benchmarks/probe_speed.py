@@ -60,6 +60,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")  # the most threads either side may use (2-core machine)
 
 SEEDS = (0, 1, 2, 3, 4)
+# The synthetic feature cases: (name, make_features kwargs, train/validation fractions); also the
+# cases of the GPU check's probe step (benchmarks/gpu_probe.py)
+SYNTHETIC_CASES = [
+    ("synthetic 2000x768, 8 cls (orig.)", dict(n=2000, d=768, c=8), (0.7, 0.15)),
+    ("synthetic 500x768, 50/20/15/15", dict(n=500, d=768, c=4, weights=(50, 20, 15, 15)), (0.7, 0.1)),
+    ("synthetic 780x384, 56/27/17", dict(n=780, d=384, c=3, weights=(56, 27, 17), sep=0.6), (0.7, 0.1)),
+    ("synthetic 2000x384, 60/20/10/10", dict(n=2000, d=384, c=4, weights=(60, 20, 10, 10), sep=0.7), (0.7, 0.1)),
+]
 
 
 def make_features(
@@ -355,17 +363,7 @@ def main() -> None:
 
     cases: list[tuple[str, object]] = []
     if "synthetic" in args.cases:
-        synthetic = [
-            ("synthetic 2000x768, 8 cls (orig.)", dict(n=2000, d=768, c=8), (0.7, 0.15)),
-            ("synthetic 500x768, 50/20/15/15", dict(n=500, d=768, c=4, weights=(50, 20, 15, 15)), (0.7, 0.1)),
-            ("synthetic 780x384, 56/27/17", dict(n=780, d=384, c=3, weights=(56, 27, 17), sep=0.6), (0.7, 0.1)),
-            (
-                "synthetic 2000x384, 60/20/10/10",
-                dict(n=2000, d=384, c=4, weights=(60, 20, 10, 10), sep=0.7),
-                (0.7, 0.1),
-            ),
-        ]
-        for name, kw, fr in synthetic:
+        for name, kw, fr in SYNTHETIC_CASES:
 
             def draw(k, kw=kw, fr=fr):
                 x, y = make_features(seed=100 * k + 7, **kw) if k else make_features(**kw)

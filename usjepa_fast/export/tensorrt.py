@@ -101,6 +101,10 @@ def build_engine(
         raise UsfastError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}; re-export with the other --exporter")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if export.get("precision", "fp32") == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TensorRT lets FP32 layers use TF32 (10-bit mantissa inputs) by default on Ampere and later,
+        # which misses fp32's parity tolerance (check_engine: rel 1e-4): an fp32 engine is IEEE fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     s = info.input_size
     profile = builder.create_optimization_profile()
     profile.set_shape(
