@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
+from usjepa_fast.cli.tokens import patch_coverage_option, tokens_option
 
 
 def register(app: typer.Typer) -> None:
@@ -65,6 +66,8 @@ def register(app: typer.Typer) -> None:
         split: list[str] = typer.Option(None, "--split", help="UltraBench input: only these splits (repeatable)."),
         merge_only: bool = typer.Option(False, "--merge-only", help="Only merge the ranks' parts into index.csv."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        tokens: str = tokens_option(),
+        patch_coverage: float = patch_coverage_option(),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Embed every (sampled) frame into feature shards + index.csv; resumable, torchrun-shardable."""
@@ -88,6 +91,8 @@ def register(app: typer.Typer) -> None:
             change_check=change_check,
             progress=progress,
             splits=tuple(split) if split else None,
+            tokens=tokens,
+            patch_coverage=patch_coverage,
         )
         kwargs = {"precision": precision, "compile": compile, "arch": arch, "pool": pool, "threads": threads}
         if calibration is not None:

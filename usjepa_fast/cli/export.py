@@ -32,6 +32,12 @@ def register(app: typer.Typer) -> None:
         calibration_frames: int = typer.Option(256, "--calibration-frames", help="int8: frames taken from it."),
         quantize: str = typer.Option("static", "--quantize", help="int8: static (calibrated QDQ) or dynamic."),
         tokens: bool = typer.Option(False, "--tokens/--no-tokens", help="Also output patch tokens (B, N, D)."),
+        keep_input: bool = typer.Option(
+            False,
+            "--keep-input",
+            help="ViTs: add the kept-token input keep (batch, tokens) int64 (patch indices, -1 padded) so ONNX "
+            "Runtime / TensorRT run scan-region tokens only (usfast embed --tokens scan).",
+        ),
         exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export) or torchscript (legacy)."),
         tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (<stem>.engine)."),
         max_batch: int = typer.Option(128, "--max-batch", help="TensorRT profile: largest batch."),
@@ -64,8 +70,10 @@ def register(app: typer.Typer) -> None:
         if fmt == "timm":
             from usjepa_fast.export import export_timm
 
-            if tensorrt or tokens or precision != "fp32":
-                raise UsfastError("--format timm writes the fp32 encoder; drop --tensorrt / --tokens / --precision")
+            if tensorrt or tokens or keep_input or precision != "fp32":
+                raise UsfastError(
+                    "--format timm writes the fp32 encoder; drop --tensorrt / --tokens / --keep-input / --precision"
+                )
             res = export_timm(encoder, out, arch=arch, pool=pool, img_size=img_size, seed=seed)
             typer.echo(
                 f"wrote {res.out_dir}/ (model.safetensors + config.json, {res.info.pool} pooling, width "
@@ -77,6 +85,8 @@ def register(app: typer.Typer) -> None:
             raise UsfastError(f"--format {fmt!r}: use onnx or timm")
         if precision == "auto":
             raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
+        if keep_input and precision == "int8":
+            raise UsfastError("--keep-input is for fp32 / fp16 exports (int8 is calibrated on whole frames)")
         if precision == "int8":
             _export_int8(
                 encoder, out, arch, pool, img_size, tokens, exporter, seed, calibration, calibration_frames, quantize
@@ -92,6 +102,7 @@ def register(app: typer.Typer) -> None:
             img_size=img_size,
             precision=precision,
             tokens=tokens,
+            keep_input=keep_input,
             exporter=exporter,
             seed=seed,
         )

@@ -95,7 +95,7 @@ def embed_folder(
     sizes = [s.path.stat().st_size for s in sources]
     mine = [sources[i] for i in assign_shares(sizes, world_size)[rank]]
 
-    b = open_runner(encoder, backend, device, backend_kwargs)
+    b = open_runner(encoder, backend, device, backend_kwargs, tokens=opts.tokens)
     t0 = time.perf_counter()
 
     # resume: skip files whose latest committed part has the same stamp
@@ -158,7 +158,9 @@ def _manifest(b: Any, opts: EmbedOptions, input_path: str | Path) -> dict[str, A
 
     opts_d = asdict(opts)
     opts_d.pop("progress", None)
-    fields = feature_fields(b, scan_region=opts.scan_region)
+    fields = feature_fields(
+        b, scan_region=opts.scan_region, token_selection=opts.tokens, patch_coverage=opts.patch_coverage
+    )
     return {
         "encoder": b.info.to_json(),
         "backend": b.name,

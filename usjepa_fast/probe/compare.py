@@ -45,10 +45,13 @@ def compare(
     reference_csv: str | Path | None = None,
     arch: str | None = None,
     pool: str | None = None,
+    tokens: str = "all",
+    patch_coverage: float = 0.5,
 ) -> CompareReport:
     """Evaluate every encoder spec on every dataset and write the tables / plots into ``out_dir``.
 
-    ``cache_dir=None`` uses the shared feature cache (see the module doc).
+    ``cache_dir=None`` uses the shared feature cache (see the module doc). ``tokens="scan"``: every
+    encoder embeds scan-region patches only (``patch_coverage``), see ``open_encoder``.
     """
     cfg = cfg or EvalConfig()
     if not encoders:
@@ -64,7 +67,7 @@ def compare(
     display: list[str] = []
     first_encoder: Encoder | None = None
     for i, spec in enumerate(encoders):
-        enc = open_encoder(spec, arch=arch, pool=pool)
+        enc = open_encoder(spec, arch=arch, pool=pool, tokens=tokens, patch_coverage=patch_coverage)
         first_encoder = first_encoder or enc
         label = names[i] if names is not None else enc.name
         display.append(label)
