@@ -85,6 +85,16 @@ def padded_keep(keep: Any, device: torch.device | None = None) -> np.ndarray | t
     return out if device is not None and device.type == "cuda" else out.cpu().numpy()
 
 
+def export_keep_input(export: dict[str, Any], path: Path) -> tuple[bool, str | None]:
+    """(whether the export ``path`` has the kept-token input, why not in one line or None), from its
+    sidecar's ``export`` block: what ONNX Runtime, OpenVINO and TensorRT backends declare."""
+    if export.get("keep"):
+        return True, None
+    if path.suffix in (".engine", ".plan"):
+        return False, f"{path.name} was built without a kept-token input; build it from a --keep-input export"
+    return False, f"{path.name} has no kept-token input; export it with `usfast export --keep-input`"
+
+
 def all_keep(info: Any, batch: int) -> np.ndarray:
     """``(B, N)`` every patch: an export with a kept-token input run on whole frames."""
     n = (info.input_size // info.patch_size) ** 2
@@ -196,12 +206,7 @@ class OnnxBackend:
             raise UsfastError(f"ONNX file {onnx_path} does not exist; export one with `usfast export`")
         self.info, self.export = read_export_sidecar(sidecar_path_for(onnx_path))
         self.device = torch.device(device)
-        self.keep_input = bool(self.export.get("keep"))
-        self.keep_unsupported = (
-            None
-            if self.keep_input
-            else f"{onnx_path.name} has no kept-token input; export it with `usfast export --keep-input`"
-        )
+        self.keep_input, self.keep_unsupported = export_keep_input(self.export, onnx_path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -361,12 +366,7 @@ class TensorRTBackend:
         self.device = self.runner.device
         self.precision = str(self.export.get("precision", "fp32"))
         self.name = f"tensorrt-{self.precision}"
-        self.keep_input = bool(self.export.get("keep"))
-        self.keep_unsupported = (
-            None
-            if self.keep_input
-            else f"{engine_path.name} was built without a kept-token input; build it from a --keep-input export"
-        )
+        self.keep_input, self.keep_unsupported = export_keep_input(self.export, engine_path)
 
     def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
         if keep is not None and not self.keep_input:

@@ -77,12 +77,9 @@ class OpenVinoBackend:
         self.request = self.compiled.create_infer_request()
         self.name = f"openvino-cpu-{precision}"
         self.source = onnx_path
-        self.keep_input = bool(self.export.get("keep"))
-        self.keep_unsupported = (
-            None
-            if self.keep_input
-            else f"{onnx_path.name} has no kept-token input; export it with `usfast export --keep-input`"
-        )
+        from usjepa_fast.embed.backends import export_keep_input
+
+        self.keep_input, self.keep_unsupported = export_keep_input(self.export, Path(onnx_path))
 
     def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
         from usjepa_fast.embed.backends import all_keep, padded_keep
