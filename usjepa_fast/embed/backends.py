@@ -141,12 +141,13 @@ class TorchBackend:
 
     def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D); ``keep`` (RaggedIndex): only those patches, eager (a compiled
-        module would recompile for every token count). On the CPU the rows run padded to the
-        batch's longest (``pad_keep``): measured 1.3x faster than packed there (ViT-S/16, B=32 of
+        module would recompile for every token count). On the CPU a ragged batch runs padded to
+        its longest row (``pad_keep``): measured 1.3x faster than packed there (ViT-S/16, B=32 of
         80/90 tokens: the per-layer pad/unpad copies of packed attention cost more than the pads'
-        FLOPs); on CUDA packed (the Triton varlen kernel)."""
+        FLOPs); equal rows (frames of one file) and CUDA run packed (a dense view with no mask /
+        the Triton varlen kernel)."""
         x = x.to(self.device, non_blocking=True)
-        if keep is not None and self.device.type == "cpu":
+        if keep is not None and self.device.type == "cpu" and not keep.layout(per_sample=True).uniform:
             from usjepa_fast.models.kept_tokens import pad_keep
 
             keep = pad_keep(keep)
