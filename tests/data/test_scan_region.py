@@ -11,6 +11,7 @@ import torch
 
 from usjepa_fast.data import synth
 from usjepa_fast.data.scan_region import (
+    PATCH_COVERAGE,
     ScanMaskCache,
     detect_clip_region,
     detect_scan_region,
@@ -18,6 +19,7 @@ from usjepa_fast.data.scan_region import (
     mask_iou,
     patch_validity,
     save_mask,
+    scan_patch_index,
     usable_frames,
 )
 from usjepa_fast.errors import DataError
@@ -86,6 +88,37 @@ def test_patch_validity_touch_rule() -> None:
     assert patch_validity(torch.ones(32, 32, dtype=torch.bool), 96, 16).shape == (6, 6)
     with pytest.raises(ValueError):
         patch_validity(mask, 224, 15)
+
+
+def test_patch_coverage_rule() -> None:
+    assert PATCH_COVERAGE == 0.5
+    mask = np.zeros((64, 64), bool)  # 4x4 patches of 16 px on a 64 px model input (no resize)
+    mask[:, :24] = True  # column 0 fully covered, column 1 exactly half
+    mask[:, 24:25] = True  # ... plus one pixel column: 9/16 of column 1
+    mask[:4, 40:44] = True  # column 2: a corner of 16 of 256 pixels (1/16)
+    g = patch_validity(mask, 64, 16)
+    assert g[:, 0].all() and g[:, 1].all() and not g[:, 2:].any()
+    assert patch_validity(mask, 64, 16, coverage=0.6)[:, 1].sum() == 0  # 9/16 < 0.6
+    touch = patch_validity(mask, 64, 16, coverage=0.0)  # any pixel: the corner counts too
+    assert touch[0, 2] and not touch[1, 2] and touch[:, :2].all()
+    half = np.zeros((64, 64), bool)
+    half[:, :8] = True  # exactly half of column 0: inclusive at 0.5
+    assert patch_validity(half, 64, 16)[:, 0].all()
+    # a strip thinner than the coverage everywhere keeps the patches it touches, never none
+    thin = np.zeros((64, 64), bool)
+    thin[:, 30] = True
+    assert patch_validity(thin, 64, 16).sum() == 4
+    with pytest.raises(ValueError, match="coverage"):
+        patch_validity(mask, 64, 16, coverage=1.5)
+
+
+def test_scan_patch_index_is_raster_order_of_valid_patches() -> None:
+    mask = np.zeros((128, 128), bool)
+    mask[32:96, 64:] = True  # rows 1-2, columns 2-3 of a 4x4 grid after the resize to 64
+    idx = scan_patch_index(mask, 64, 16)
+    assert idx.tolist() == [6, 7, 10, 11] and idx.dtype == torch.int64
+    assert scan_patch_index(None, 64, 16).tolist() == list(range(16))
+    assert scan_patch_index(np.zeros((10, 10), bool), 64, 16).tolist() == list(range(16))  # empty: all
 
 
 def test_scan_mask_cache(tmp_path) -> None:

@@ -10,7 +10,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-import usjepa_fast.models.vit as vit_mod
+import usjepa_fast.models.kept_tokens as kept_mod  # the attention call site of KernelAttention
 from usjepa_fast.errors import UsfastError
 from usjepa_fast.kernels import VarlenLayout
 from usjepa_fast.masking import RaggedIndex, apply_masks
@@ -40,13 +40,13 @@ def test_gathered_forward_matches_full_when_keeping_all() -> None:
 
 def test_attention_goes_through_kernel_call_site(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = vit_mod.varlen_attention
+    real = kept_mod.varlen_attention
 
     def spy(q, k, v, layout):
         calls.append((tuple(q.shape), layout.lens.tolist()))
         return real(q, k, v, layout)
 
-    monkeypatch.setattr(vit_mod, "varlen_attention", spy)
+    monkeypatch.setattr(kept_mod, "varlen_attention", spy)
     s = _student()
     s(torch.randn(1, 3, 64, 64), torch.arange(5)[None])
     assert calls == [((5, 2, 32), [5])] * 2  # packed (T, H, hd): only kept tokens, one call per block

@@ -8,6 +8,7 @@ import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
 from usjepa_fast.cli.probe import CACHE_HELP, CALIBRATION_HELP, CLASS_WEIGHT_HELP, PRECISION_HELP, PRECISIONS
+from usjepa_fast.cli.tokens import patch_coverage_option, tokens_option
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +41,8 @@ def register(app: typer.Typer) -> None:
         calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
         list_zoo: bool = typer.Option(False, "--list-zoo", help="Print the baseline model zoo and exit."),
+        tokens: str = tokens_option(),
+        patch_coverage: float = patch_coverage_option(),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Probe several encoders on several tasks: markdown + CSV table (mean ± std, best in bold), PNGs.
@@ -89,6 +92,8 @@ def register(app: typer.Typer) -> None:
                 pool=pool,
                 precision=precision,
                 calibration=calibration,
+                tokens=tokens,
+                patch_coverage=patch_coverage,
             )
             typer.echo(report.markdown)
             typer.echo(f"wrote {out}/ ({', '.join(sorted(report.files))})")

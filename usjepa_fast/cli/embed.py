@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
+from usjepa_fast.cli.tokens import patch_coverage_option, tokens_option
 
 
 def register(app: typer.Typer) -> None:
@@ -75,6 +76,8 @@ def register(app: typer.Typer) -> None:
         split: list[str] = typer.Option(None, "--split", help="UltraBench input: only these splits (repeatable)."),
         merge_only: bool = typer.Option(False, "--merge-only", help="Only merge the ranks' parts into index.csv."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        tokens: str = tokens_option(),
+        patch_coverage: float = patch_coverage_option(),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Embed every (sampled) frame into feature shards + index.csv + files.csv; resumable, torchrun-shardable.
@@ -110,6 +113,8 @@ def register(app: typer.Typer) -> None:
             splits=tuple(split) if split else None,
             part_rows=commit_rows,
             commit_every_s=commit_every_s,
+            tokens=tokens,
+            patch_coverage=patch_coverage,
         )
         if pool is not None:
             from usjepa_fast.config import check_choice

@@ -32,6 +32,12 @@ def register(app: typer.Typer) -> None:
         calibration_frames: int = typer.Option(256, "--calibration-frames", help="int8: frames taken from it."),
         quantize: str = typer.Option("static", "--quantize", help="int8: static (calibrated QDQ) or dynamic."),
         tokens: bool = typer.Option(False, "--tokens/--no-tokens", help="Also output patch tokens (B, N, D)."),
+        keep_input: bool = typer.Option(
+            False,
+            "--keep-input",
+            help="ViTs: add the kept-token input keep (batch, tokens) int64 (patch indices, -1 padded) so ONNX "
+            "Runtime / TensorRT run scan-region tokens only (usfast embed --tokens scan).",
+        ),
         exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export) or torchscript (legacy)."),
         tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (<stem>.engine)."),
         max_batch: int = typer.Option(128, "--max-batch", help="TensorRT profile: largest batch."),
@@ -54,7 +60,9 @@ def register(app: typer.Typer) -> None:
         from usjepa_fast.errors import UsfastError
         from usjepa_fast.fileio import check_output_dir
 
-        _check_options(fmt, precision, quantize, exporter, pool, img_size, calibration_frames, max_batch, opt_batch)
+        _check_options(
+            fmt, precision, quantize, exporter, pool, img_size, calibration_frames, max_batch, opt_batch, keep_input
+        )
         if not check and fmt == "timm":  # the output path is checked before any model is opened
             check_output_dir(out, what="--out")
         elif not check:
@@ -78,8 +86,10 @@ def register(app: typer.Typer) -> None:
         if fmt == "timm":
             from usjepa_fast.export import export_timm
 
-            if tensorrt or tokens or precision != "fp32":
-                raise UsfastError("--format timm writes the fp32 encoder; drop --tensorrt / --tokens / --precision")
+            if tensorrt or tokens or keep_input or precision != "fp32":
+                raise UsfastError(
+                    "--format timm writes the fp32 encoder; drop --tensorrt / --tokens / --keep-input / --precision"
+                )
             res = export_timm(encoder, out, arch=arch, pool=pool, img_size=img_size, seed=seed)
             typer.echo(
                 f"wrote {res.out_dir}/ (model.safetensors + config.json, {res.info.pool} pooling, width "
@@ -102,6 +112,7 @@ def register(app: typer.Typer) -> None:
             img_size=img_size,
             precision=precision,
             tokens=tokens,
+            keep_input=keep_input,
             exporter=exporter,
             seed=seed,
         )
@@ -129,6 +140,7 @@ def _check_options(
     calibration_frames: int,
     max_batch: int,
     opt_batch: int,
+    keep_input: bool = False,
 ) -> None:
     """Every option's value and range, before any model is opened (``ConfigError`` naming the flag)."""
     from usjepa_fast.config import check_choice, check_int
@@ -140,6 +152,8 @@ def _check_options(
     if precision == "auto":
         raise UsfastError("export writes one precision; choose --precision fp32, fp16 or int8")
     check_choice(precision, "--precision", ("fp32", "fp16", "int8"), what=what)
+    if keep_input and precision == "int8":
+        raise UsfastError("--keep-input is for fp32 / fp16 exports (int8 is calibrated on whole frames)")
     check_choice(quantize, "--quantize", ("static", "dynamic"), what=what)
     check_choice(exporter, "--exporter", ("dynamo", "torchscript"), what=what)
     if pool is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
+from usjepa_fast.cli.tokens import patch_coverage_option, tokens_option
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -82,6 +83,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
         standardize: bool = typer.Option(True, "--standardize/--raw", help="z-score features with train stats."),
+        tokens: str = tokens_option(),
+        patch_coverage: float = patch_coverage_option(),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Train linear heads on frozen features and report macro F1 / accuracy / balanced accuracy.
@@ -119,7 +122,14 @@ def register(app: typer.Typer) -> None:
                 result = evaluate_task(None, dataset, cfg, features=tf)
             else:
                 enc = open_encoder(
-                    encoder, arch=arch, pool=pool, device=device, precision=precision, calibration=calibration
+                    encoder,
+                    arch=arch,
+                    pool=pool,
+                    device=device,
+                    precision=precision,
+                    calibration=calibration,
+                    tokens=tokens,
+                    patch_coverage=patch_coverage,
                 )
                 result = evaluate_task(enc, dataset, cfg, FeatureCache(cache))
             if name:

@@ -8,6 +8,7 @@ import typer
 
 from usjepa_fast.cli.partial import allow_partial_option
 from usjepa_fast.cli.probe import CACHE_HELP, CALIBRATION_HELP, CLASS_WEIGHT_HELP, PRECISION_HELP, PRECISIONS
+from usjepa_fast.cli.tokens import patch_coverage_option, tokens_option
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +39,8 @@ def register(app: typer.Typer) -> None:
         calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
         batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per encoder call."),
         device: str = typer.Option(None, "--device", help="Probe device: cpu or cuda (default: cuda when present)."),
+        tokens: str = tokens_option(),
+        patch_coverage: float = patch_coverage_option(),
         allow_partial: bool = allow_partial_option(),
     ) -> None:
         """Train probes on clean features, score them on corrupted test images; tables, curves, examples.
@@ -85,6 +88,8 @@ def register(app: typer.Typer) -> None:
                 pool=pool,
                 precision=precision,
                 calibration=calibration,
+                tokens=tokens,
+                patch_coverage=patch_coverage,
             )
             typer.echo(report.markdown)
             typer.echo(f"wrote {out}/ (robustness.md/.csv, robustness_*.png, corruption_examples/, results.json)")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from usjepa_fast.data.scan_region import patch_validity
+from usjepa_fast.data.scan_region import PATCH_COVERAGE, coverage_validity, patch_validity
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -184,6 +184,9 @@ class PreprocessConfig:
     percentile_lo: float = 2.0  # intensity window: these percentiles inside the scan region -> [0, 1]
     percentile_hi: float = 98.0
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of the training crop
+    # share of a patch's pixels that must be scan region for valid_patches (USrc); 0.5: a border patch
+    # that is mostly black surround is not anatomy (the old rule, any pixel, is 0)
+    patch_coverage: float = PATCH_COVERAGE
 
 
 def eval_config(info: Any) -> PreprocessConfig:
@@ -277,7 +280,7 @@ class Preprocessor:
         )[0]  # (3, S, S)
         s = cfg.image_size
         m_small = resize_mask(m, s)  # (S, S)
-        valid = patch_validity(m.numpy(), image_size=s, patch_size=cfg.patch_size)  # (S/p, S/p)
+        valid = patch_validity(m.numpy(), s, cfg.patch_size, cfg.patch_coverage)  # (S/p, S/p)
         if not bool(valid.any()):
             # A training crop can miss the region entirely (tiny fan, aggressive crop scale); then no
             # patch is anatomy-only and USrc would have nothing to sample, so fall back to all patches.
@@ -360,7 +363,7 @@ def _nearest_index(start: torch.Tensor, length: torch.Tensor, out: int, flip: to
 def _bin_edges(
     start: torch.Tensor, length: torch.Tensor, g: int, flip: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, g)`` canvas [lo, hi) of adaptive max-pool bins (``floor(i n / g)`` .. ``ceil((i+1) n / g)``)
+    """``(B, g)`` canvas [lo, hi) of adaptive-pool bins (``floor(i n / g)`` .. ``ceil((i+1) n / g)``)
     over each span; flipped spans are binned on the flipped axis."""
     i = torch.arange(g, device=start.device).view(1, -1)
     n = length.view(-1, 1)
@@ -438,7 +441,8 @@ def preprocess_train_batch(
         return integral[bg, r.view(b, g, 1), c.view(b, 1, g)]
 
     counts = corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)  # (B, g, g) region pixels
-    valid = counts > 0
+    area = (r1 - r0).view(b, g, 1) * (c1 - c0).view(b, 1, g)  # (B, g, g) source pixels per patch
+    valid = coverage_validity(counts, area, cfg.patch_coverage)
     # A crop that misses the region: every patch valid, as in Preprocessor (USrc needs somewhere to draw).
     valid = torch.where(valid.flatten(1).any(dim=1).view(-1, 1, 1), valid, torch.ones_like(valid))
     return {"image": image.contiguous(), "scan_mask": scan, "valid_patches": valid}

@@ -9,7 +9,8 @@
   maximum are combined with the mean frame before the same steps.
 * :func:`detect_clip_region` is the clip rule: frames spread over a clip, blank and dark ones
   (black leads, fades, title cards) dropped, then :func:`detect_scan_region` on the rest.
-* :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking needs.
+* :func:`patch_validity` turns a mask into the ViT patch grid that USrc masking and ``--tokens scan``
+  need (the coverage rule: a patch counts when at least half of it is region).
 * :class:`ScanMaskCache` stores detected masks as PNG in the cache dir so detection runs once.
 
 Which frames of a clip, and the order sidecar > cache > detection, are decided in one place:
@@ -40,12 +41,40 @@ DETECTOR_VERSION = 2
 _WORK_SIDE = 256  # detection runs at this resolution (long side); the hull is drawn at full size
 
 
-def patch_validity(mask: np.ndarray | torch.Tensor, image_size: int = 224, patch_size: int = 16) -> torch.BoolTensor:
-    """``(H, W)`` bool mask -> ``(S/p, S/p)`` bool grid: a patch is valid if it touches the region.
+PATCH_COVERAGE = 0.5  # default share of a patch's pixels that must be region for the patch to count
 
-    The mask is mapped onto the model's ``S x S`` grid (the same whole-frame resize as the image);
-    adaptive max-pooling takes, for every patch, the any() over exactly the source pixels it covers,
-    so thin regions are never lost to a nearest-neighbour resize.
+
+def _bin_edges(n: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g,)`` [lo, hi) source-pixel bins of an adaptive pool of ``n`` pixels onto ``g`` cells."""
+    i = torch.arange(g)
+    return (i * n) // g, -((-(i + 1) * n) // g)
+
+
+def coverage_validity(counts: torch.Tensor, area: torch.Tensor, coverage: float = PATCH_COVERAGE) -> torch.Tensor:
+    """The coverage rule on box counts: ``counts (..., g, g)`` region pixels of each patch out of
+    ``area`` (broadcastable) -> bool ``(..., g, g)``.
+
+    A patch is valid when ``counts >= coverage * area`` (inclusive: exactly half counts at 0.5) and
+    ``counts > 0`` (so ``coverage=0`` is the "touches" rule). A region that no patch covers to
+    ``coverage`` (a strip thinner than the threshold) keeps the patches it touches instead of none.
+    """
+    if not 0.0 <= float(coverage) <= 1.0:
+        raise ValueError(f"patch coverage must be in [0, 1], got {coverage}")
+    touched = counts > 0
+    covered = touched & (counts.to(torch.float64) >= float(coverage) * area.to(torch.float64))
+    some = covered.flatten(-2).any(-1)[..., None, None]  # (..., 1, 1)
+    return torch.where(some, covered, touched)
+
+
+def patch_validity(
+    mask: np.ndarray | torch.Tensor, image_size: int = 224, patch_size: int = 16, coverage: float = PATCH_COVERAGE
+) -> torch.BoolTensor:
+    """``(H, W)`` bool mask -> ``(S/p, S/p)`` bool grid of the patches that are scan region.
+
+    The mask is mapped onto the model's ``S x S`` grid (the same whole-frame resize as the image):
+    each patch covers the source pixels of its adaptive-pool bin; it is valid when at least
+    ``coverage`` of them are region (:func:`coverage_validity`; ``coverage=0``: when it touches the
+    region). All-False only for an empty mask.
     """
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
@@ -53,8 +82,33 @@ def patch_validity(mask: np.ndarray | torch.Tensor, image_size: int = 224, patch
     if m.dim() != 2:
         raise ValueError(f"patch_validity expects a (H, W) mask, got shape {tuple(m.shape)}")
     g = image_size // patch_size
-    pooled = F.adaptive_max_pool2d(m.to(torch.float32)[None, None], (g, g))  # (1, 1, g, g)
-    return (pooled[0, 0] > 0).bool()
+    h, w = m.shape
+    integral = F.pad(m.to(torch.int64).cumsum(0).cumsum(1), (1, 0, 1, 0))  # (H+1, W+1)
+    r0, r1 = _bin_edges(h, g)
+    c0, c1 = _bin_edges(w, g)
+    counts = (
+        integral[r1[:, None], c1[None]]
+        - integral[r0[:, None], c1[None]]
+        - integral[r1[:, None], c0[None]]
+        + integral[r0[:, None], c0[None]]
+    )  # (g, g) region pixels per patch
+    area = (r1 - r0)[:, None] * (c1 - c0)[None]  # (g, g) source pixels per patch
+    return coverage_validity(counts, area, coverage)
+
+
+def scan_patch_index(
+    mask: np.ndarray | torch.Tensor | None,
+    image_size: int = 224,
+    patch_size: int = 16,
+    coverage: float = PATCH_COVERAGE,
+) -> torch.Tensor:
+    """``(k,)`` int64 flat (raster-order) indices of the scan-region patches of ``mask`` on the model
+    grid (:func:`patch_validity`); no mask or an empty one gives every patch (the whole frame)."""
+    g = image_size // patch_size
+    if mask is None:
+        return torch.arange(g * g)
+    valid = patch_validity(mask, image_size, patch_size, coverage).flatten()
+    return torch.arange(g * g) if not bool(valid.any()) else torch.nonzero(valid).flatten()
 
 
 def _hull_mask(points_rc: np.ndarray, shape: tuple[int, int], scale: tuple[float, float]) -> np.ndarray:

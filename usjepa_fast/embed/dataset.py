@@ -73,7 +73,7 @@ def embed_split(
     opts = options if options is not None else EmbedOptions(batch_size=batch_size, progress=True)
     opts.validate()
     ds = dataset if dataset is not None else UltraBenchDataset(dataset_root, split, transform=None)
-    b = open_runner(encoder, backend, device, backend_kwargs)
+    b = open_runner(encoder, backend, device, backend_kwargs, tokens=opts.tokens)
     root = Path(dataset_root)
     labels = np.asarray(ds.labels, dtype=np.int64)
     sources = [

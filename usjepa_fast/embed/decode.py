@@ -13,6 +13,11 @@ preprocessing runs on the device in the consumer; with a decoder that decodes on
 
 An optional *pixel transform* ``(pixels (n, 3, S, S) normalised, scan masks (n, S, S) bool, fid) ->
 pixels`` runs on the preprocessed pixels of every chunk (the probe's test-time corruptions).
+
+With ``tokens="scan"`` a worker also turns the file's scan region into the patches to keep
+(``Chunk.keep``: raster-order flat indices on the model grid, :func:`usjepa_fast.data.scan_region.
+scan_patch_index` with ``patch_coverage``), once per file like the region itself; the consumer
+gives the backend only those patches of every frame.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Chunk:
     entries: list[tuple[int, float, int]]
     pixels: torch.Tensor | None  # (n, 3, S, S) float32 preprocessed, or None (all duplicates / raw)
     raw: tuple[torch.Tensor, torch.Tensor | None] | None = None  # GPU path: uint8 (n,H,W), masks (n,H,W)
+    keep: torch.Tensor | None = None  # tokens="scan": (k,) int64 patch indices kept for every frame here
 
     @property
     def rows(self) -> int:
@@ -149,6 +155,15 @@ class FilePreparer:
         out.put(chunk)
         return True
 
+    def _keep(self, mask: np.ndarray | None) -> torch.Tensor | None:
+        """``tokens="scan"``: the file's kept patches ``(k,)`` (no region: every patch); else None."""
+        if self.opts.tokens != "scan":
+            return None
+        from usjepa_fast.data.scan_region import scan_patch_index
+
+        info = self.info
+        return scan_patch_index(mask, int(info.input_size), int(info.patch_size), self.opts.patch_coverage)
+
     def _pixels(self, images: list[np.ndarray], mask: np.ndarray | None, fid: int) -> tuple[torch.Tensor | None, Any]:
         """Same-shape gray frames -> ((n, 3, S, S) float32, None), or (None, raw) for the GPU consumer."""
         from usjepa_fast.data.preprocess import Preprocessor, eval_config, preprocess_batch
@@ -180,13 +195,14 @@ class FilePreparer:
         if src.kind == "image":
             image, mask = self.reader(fid, src)
             pixels, raw = self._pixels([image], mask, fid)
-            if self._send(out, Chunk(fid, [(0, 0.0, -1)], pixels, raw)):
+            if self._send(out, Chunk(fid, [(0, 0.0, -1)], pixels, raw, self._keep(mask))):
                 out.put(End(fid))
             return
         if getattr(self.decoder, "on_device", False):
             self._run_device_clip(fid, src, out, detector)
             return
         mask: np.ndarray | None = None
+        keep: torch.Tensor | None = None
         entries: list[tuple[int, float, int]] = []
         images: list[np.ndarray] = []
         shape: tuple[int, ...] | None = None
@@ -194,7 +210,7 @@ class FilePreparer:
         def emit() -> bool:
             nonlocal entries, images
             pixels, raw = self._pixels(images, mask, fid) if images else (None, None)
-            sent = self._send(out, Chunk(fid, entries, pixels, raw))
+            sent = self._send(out, Chunk(fid, entries, pixels, raw, keep))
             entries, images = [], []
             return sent
 
@@ -207,6 +223,7 @@ class FilePreparer:
                 # One scan-region detection per clip, on its first sampled frame; the same mask sets
                 # the percentile window of every frame and the change detector's comparison area.
                 mask = source_mask(src, img) if self.opts.scan_region else None
+                keep = self._keep(mask)
                 if detector is not None:
                     detector.reset(mask)
             elif img.shape != shape:
@@ -236,6 +253,7 @@ class FilePreparer:
         gray = clip.gray.to(self.device)  # (K, H, W) uint8
         mask_np = source_mask(src, gray[0].cpu().numpy()) if self.opts.scan_region else None
         mask = torch.from_numpy(mask_np).to(self.device) if mask_np is not None else None
+        patches = self._keep(mask_np)
         keep, times = clip.indices, clip.timestamps
         dups = [-1] * len(keep)
         if detector is not None:
@@ -255,7 +273,7 @@ class FilePreparer:
                 masks = mask.unsqueeze(0).expand(len(sel), -1, -1) if mask is not None else None
                 pixels = preprocess_batch(frames, masks, info.input_size, tuple(info.mean), tuple(info.std))
                 pixels = apply_pixel_transform(self.transform, pixels, masks, fid)
-            if not self._send(out, Chunk(fid, entries, pixels)):
+            if not self._send(out, Chunk(fid, entries, pixels, None, patches)):
                 return
         out.put(End(fid))
 

@@ -13,6 +13,12 @@ Data flow (one process)::
       -> this thread: cross-file batches of batch_size -> backend (B, 3, S, S) -> (B, D)
       -> per finished file: sink.add(fid, src, features (n, D) float32, rows) | sink.fail(...)
 
+``tokens="scan"``: every chunk carries the patches of its file's scan region (``Chunk.keep``); a batch
+of frames from several files is one ragged batch (:class:`~usjepa_fast.masking.RaggedIndex`: each
+frame its own patch count, packed) and the backend runs ``backend(x, keep)``: only those patches go
+through the encoder, the pooled feature averages them. Redundant-frame skipping happens before
+(skipped frames never reach a batch), so the two savings multiply.
+
 Decoding overlaps inference: PyAV, numpy and torch release the GIL in their C loops, so a worker
 decodes and preprocesses the next frames while ONNX Runtime/PyTorch run the current batch; at most
 ``prefetch`` batches of frames wait ahead of inference. A file whose frames cannot be read is
@@ -113,6 +119,8 @@ class EngineStats:
     frames_embedded: int = 0  # frames that went through the model
     frames_duplicate: int = 0  # sampled frames skipped as redundant (still in the rows)
     seconds: float = 0.0
+    tokens_kept: int = 0  # tokens="scan": patch tokens that went through the encoder ...
+    tokens_total: int = 0  # ... out of the frames' full grids (kept fraction = kept / total)
 
 
 class _FileState:
@@ -147,15 +155,20 @@ def finish_rows(state: _FileState, clip_pool: bool) -> tuple[np.ndarray, list[st
 
 
 def open_runner(
-    encoder: Any, backend: str, device: str | torch.device | None, backend_kwargs: dict[str, Any] | None
+    encoder: Any,
+    backend: str,
+    device: str | torch.device | None,
+    backend_kwargs: dict[str, Any] | None,
+    tokens: str = "all",
 ) -> Any:
     """``encoder`` as is when it is already an opened backend/encoder (``.info``, ``.name``,
-    ``.device``, callable), else :func:`~usjepa_fast.embed.backends.open_backend` of the spec."""
+    ``.device``, callable), else :func:`~usjepa_fast.embed.backends.open_backend` of the spec
+    (``tokens="scan"``: one that runs kept tokens, refused in one line where it cannot)."""
     from usjepa_fast.embed.backends import Backend, open_backend
 
     if isinstance(encoder, Backend):
         return encoder
-    return open_backend(encoder, backend, device, **(backend_kwargs or {}))
+    return open_backend(encoder, backend, device, **{"tokens": tokens, **(backend_kwargs or {})})
 
 
 def make_decoder(name: str, device: torch.device) -> Any:
@@ -188,10 +201,13 @@ def run_engine(
     ``pixel_transform(pixels, scan masks (n, S, S), fid) -> pixels`` runs on every preprocessed chunk.
     Workers stop and the queue is drained on any exception (a crash, Ctrl-C), which propagates.
     """
-    from usjepa_fast.embed.backends import available_cpus
+    from usjepa_fast.embed.backends import available_cpus, keep_unsupported
+    from usjepa_fast.masking.ragged import RaggedIndex
 
     opts.validate()
     stats = EngineStats()
+    if opts.tokens == "scan" and keep_unsupported(backend) is not None:
+        raise UsfastError(f"--tokens scan: {keep_unsupported(backend)}; use --tokens all")
     if not sources:
         return stats
     t0 = time.perf_counter()
@@ -216,7 +232,8 @@ def run_engine(
 
     states = {fid: _FileState(src) for fid, src in enumerate(sources)}
     ended: set[int] = set()  # files whose worker is done; finished once their last batch is back
-    pending: list[tuple[int, torch.Tensor]] = []  # (fid, (n, 3, S, S)) waiting for a batch
+    pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (fid, (n, 3, S, S), keep) waiting
+    grid = int(backend.info.input_size) // int(getattr(backend.info, "patch_size", 16) or 16)
     pending_rows = 0
     bar = _progress(len(sources), opts.progress)
     stopped = 0
@@ -253,24 +270,32 @@ def run_engine(
         nonlocal pending, pending_rows
         take, n = [], 0
         while pending and n < limit:
-            fid, x = pending[0]
+            fid, x, keep = pending[0]
             k = min(limit - n, x.shape[0])
-            take.append((fid, x[:k]))
+            take.append((fid, x[:k], keep))
             if k == x.shape[0]:
                 pending.pop(0)
             else:
-                pending[0] = (fid, x[k:])
+                pending[0] = (fid, x[k:], keep)
             n += k
         pending_rows -= n
-        batch = torch.cat([x for _, x in take]) if len(take) > 1 else take[0][1]  # (B, 3, S, S)
-        y = backend(batch)
+        batch = torch.cat([x for _, x, _ in take]) if len(take) > 1 else take[0][1]  # (B, 3, S, S)
+        if opts.tokens == "scan":
+            # one ragged batch: frame i keeps its file's patches (lengths on the host: no device sync)
+            idx = torch.cat([keep.repeat(x.shape[0]) for _, x, keep in take])
+            lens = torch.tensor([int(keep.numel()) for _, x, keep in take for _ in range(x.shape[0])])
+            stats.tokens_kept += int(lens.sum())
+            stats.tokens_total += n * grid * grid
+            y = backend(batch, RaggedIndex(idx, lens))
+        else:
+            y = backend(batch)
         if y.ndim != 2 or y.shape[0] != n:
             raise UsfastError(
                 f"encoder {backend.name} returned shape {tuple(y.shape)} for {n} images; expected (B, D) pooled"
             )
         feats = y.detach().float().cpu().numpy()  # (B, D)
         pos = 0
-        for fid, x in take:
+        for fid, x, _ in take:
             st = states.get(fid)
             k = x.shape[0]
             if st is not None:
@@ -293,8 +318,8 @@ def run_engine(
                 st = states.pop(msg.fid, None)
                 ended.discard(msg.fid)
                 if st is not None:
-                    dropped = sum(x.shape[0] for f, x in pending if f == msg.fid)
-                    pending = [(f, x) for f, x in pending if f != msg.fid]
+                    dropped = sum(x.shape[0] for f, x, _ in pending if f == msg.fid)
+                    pending = [p for p in pending if p[0] != msg.fid]
                     pending_rows -= dropped
                     if dropped:
                         prep.credits.release(dropped)
@@ -318,7 +343,9 @@ def run_engine(
                 except PixelTransformError as exc:
                     raise exc.error from None
             if x is not None and x.shape[0]:
-                pending.append((chunk.fid, x))
+                if opts.tokens == "scan" and chunk.keep is None:
+                    raise UsfastError(f"decode worker sent frames of {st.src.rel} without their scan-region patches")
+                pending.append((chunk.fid, x, chunk.keep))
                 pending_rows += x.shape[0]
                 st.pending += x.shape[0]
             while pending_rows >= opts.batch_size:
@@ -341,6 +368,14 @@ def run_engine(
             for t in threads:
                 t.join(timeout=0.05)
     stats.seconds = time.perf_counter() - t0
+    if stats.tokens_total:
+        log.info(
+            "embed: --tokens scan ran %d of %d patch tokens (%.1f%%) at patch coverage %.2f",
+            stats.tokens_kept,
+            stats.tokens_total,
+            100.0 * stats.tokens_kept / stats.tokens_total,
+            opts.patch_coverage,
+        )
     return stats
 
 

@@ -97,19 +97,31 @@ def preprocess_fields(scan_region: bool = True) -> dict[str, Any]:
     }
 
 
-def feature_fields(encoder: Any, *, scan_region: bool = True, tokens: str = "pooled") -> dict[str, Any]:
+def feature_fields(
+    encoder: Any,
+    *,
+    scan_region: bool = True,
+    tokens: str = "pooled",
+    token_selection: str = "all",
+    patch_coverage: float | None = None,
+) -> dict[str, Any]:
     """Every field that determines the features; ``encoder``: an ``EncoderInfo``-like object, or an
-    opened encoder/backend carrying ``.info`` (then its backend kind/precision count too)."""
+    opened encoder/backend carrying ``.info`` (then its backend kind/precision count too).
+    ``token_selection="scan"`` (only scan-region patches went through the encoder) adds the selection
+    and its ``patch_coverage``; ``"all"`` adds nothing, so keys of whole-frame features never change."""
     info = getattr(encoder, "info", None)
     runner = encoder if info is not None else None
     info = info if info is not None else encoder
     plain = {"backend": "torch", "precision": "fp32", "backend_name": "torch-fp32", "machine": machine_fields()}
-    return {
+    fields = {
         "encoder": encoder_fields(info),
         **(backend_fields(runner) if runner is not None else plain),
         "preprocess": preprocess_fields(scan_region),
         "tokens": tokens,
     }
+    if token_selection != "all":
+        fields["token_selection"] = {"mode": token_selection, "patch_coverage": float(patch_coverage or 0.0)}
+    return fields
 
 
 def digest(fields: dict[str, Any], length: int = 20) -> str:
@@ -118,9 +130,23 @@ def digest(fields: dict[str, Any], length: int = 20) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def feature_key(encoder: Any, *, scan_region: bool = True, tokens: str = "pooled") -> str:
+def feature_key(
+    encoder: Any,
+    *,
+    scan_region: bool = True,
+    tokens: str = "pooled",
+    token_selection: str = "all",
+    patch_coverage: float | None = None,
+) -> str:
     """``digest(feature_fields(...))``: the feature cache key of ``encoder`` (info or opened encoder)."""
-    return digest(feature_fields(encoder, scan_region=scan_region, tokens=tokens))
+    fields = feature_fields(
+        encoder,
+        scan_region=scan_region,
+        tokens=tokens,
+        token_selection=token_selection,
+        patch_coverage=patch_coverage,
+    )
+    return digest(fields)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,10 +165,12 @@ def run_fields(backend: Any, opts: Any, input_path: str | Path | None) -> dict[s
     resolved input and the usfast version (``opts``: an :class:`~usjepa_fast.embed.options.EmbedOptions`)."""
     from usjepa_fast import __version__
 
-    tokens = str(getattr(opts, "tokens", "pooled") or "pooled")
-    fields = feature_fields(backend, scan_region=bool(opts.scan_region), tokens=tokens)
-    if hasattr(opts, "patch_coverage"):  # token selection by scan-region coverage (issue 13)
-        fields["patch_coverage"] = opts.patch_coverage
+    fields = feature_fields(
+        backend,
+        scan_region=bool(opts.scan_region),
+        token_selection=opts.tokens,
+        patch_coverage=opts.patch_coverage,
+    )
     fields.update(
         sampling={"every_k": opts.every_k, "fps": opts.fps, "max_frames": opts.max_frames},
         clip_pool=bool(opts.clip_pool),

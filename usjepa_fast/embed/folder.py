@@ -176,7 +176,7 @@ def _embed_locked(
     sizes = [s.path.stat().st_size for s in sources]
     mine = [sources[i] for i in assign_shares(sizes, world_size)[rank]]
 
-    b = open_runner(encoder, backend, device, backend_kwargs)
+    b = open_runner(encoder, backend, device, backend_kwargs, tokens=opts.tokens)
     fields = run_fields(b, opts, input_path)
     if overwrite:
         clear_outputs(out_dir)

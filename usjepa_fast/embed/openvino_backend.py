@@ -11,6 +11,7 @@ the embed pipeline are not starved.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,9 +77,19 @@ class OpenVinoBackend:
         self.request = self.compiled.create_infer_request()
         self.name = f"openvino-cpu-{precision}"
         self.source = onnx_path
+        from usjepa_fast.embed.backends import export_keep_input
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.keep_input, self.keep_unsupported = export_keep_input(self.export, Path(onnx_path))
+
+    def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
+        from usjepa_fast.embed.backends import all_keep, padded_keep
+
+        if keep is not None and not self.keep_input:
+            raise UsfastError(f"kept tokens (--tokens scan): {self.keep_unsupported}")
         x = x.detach().to("cpu", torch.float32).contiguous()
-        out = self.request.infer({0: x.numpy()})
+        feeds: dict[Any, np.ndarray] = {0: x.numpy()}
+        if self.keep_input:  # a dynamic token axis: OpenVINO reshapes per call
+            feeds[1] = all_keep(self.info, x.shape[0]) if keep is None else padded_keep(keep)
+        out = self.request.infer(feeds)
         # the request reuses its output buffer on the next call: copy before handing it out
         return torch.from_numpy(np.array(out[0], dtype=np.float32, copy=True))

@@ -17,6 +17,7 @@ KINDS = ("image", "video")
 DTYPES = ("float16", "float32")
 CHANGE_CHECKS = ("mtime", "hash")
 WHAT = "embed option"
+TOKENS = ("all", "scan")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class EmbedOptions:
     kinds: tuple[str, ...] = ("image", "video")  # media kinds taken from a folder
     splits: tuple[str, ...] | None = None  # UltraBench splits (None = all present)
     progress: bool = True  # tqdm bar on stderr: files, frames/s, ETA
+    tokens: Literal["all", "scan"] = "all"  # scan: only the patches inside each frame's scan region go
+    #   through the encoder and the pooled feature averages them (black surround and burned-in text
+    #   cost nothing); all: every patch (ViTs only for scan; conv nets refuse)
+    patch_coverage: float = 0.5  # scan: a patch is kept when at least this share of its pixels is scan
+    #   region (data.scan_region.patch_validity; 0 = any pixel, the old "touches" rule)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +82,11 @@ class EmbedOptions:
         _int(self.part_rows, "part_rows", 1)
         check_number(self.commit_every_s, "commit_every_s", 0, lo_open=True, what=WHAT, extra="(seconds)")
         _choice(self.change_check, "change_check", CHANGE_CHECKS)
+        _choice(self.tokens, "tokens", TOKENS)
+        if not (_is_number(self.patch_coverage) and 0 <= self.patch_coverage <= 1):
+            _bad("patch_coverage", self.patch_coverage, "a share of a patch's pixels in [0, 1] (default 0.5)")
+        if self.tokens == "scan" and not self.scan_region:
+            _bad("tokens", self.tokens, "all with scan_region=false (scan tokens need the scan region), or scan")
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             _bad("kinds", self.kinds, f"a non-empty subset of {list(KINDS)}")
         if self.splits is not None and (not self.splits or any(s not in SPLITS for s in self.splits)):

@@ -182,12 +182,13 @@ class GatedBackend:
         self.reason = reason
         self.gate: GateReport | None = None
 
-    def check(self, x: torch.Tensor, where: str = "first batch") -> GateReport:
-        """Run the gate on ``x`` now; raises :class:`PrecisionParityError` when it fails."""
+    def check(self, x: torch.Tensor, where: str = "first batch", keep: Any = None) -> GateReport:
+        """Run the gate on ``x`` (and ``keep``: kept tokens) now; raises :class:`PrecisionParityError`
+        when it fails."""
         if self._reference is None:
             raise UsfastError("the parity gate already ran; its report is in .gate")
-        out = self.candidate(x)
-        ref = self._reference(x)
+        out = self.candidate(x) if keep is None else self.candidate(x, keep)
+        ref = self._reference(x) if keep is None else self._reference(x, keep)
         cos = cosine_min(out, ref)
         report = GateReport(self.precision, cos, int(x.shape[0]), cos >= self.min_cosine, where, self.min_cosine)
         self.gate = report
@@ -200,12 +201,12 @@ class GatedBackend:
         self._first_out = out
         return report
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
         if self._reference is not None:
-            self.check(x)
+            self.check(x, keep=keep)
             out, self._first_out = self._first_out, None
             return out
-        return self.candidate(x)
+        return self.candidate(x) if keep is None else self.candidate(x, keep)
 
     def __getattr__(self, name: str) -> Any:  # runtime details (session, encoder, provider, ...)
         if name in ("candidate", "_reference"):

@@ -9,6 +9,16 @@ students have no class token and an MAE teacher's class token gets no training s
 outputs (explicit Cast nodes at both ends): consumers feed the same tensors either way, and
 TensorRT 10/11 strongly-typed builds take their precision from these explicit types.
 
+**Kept-token input** (``keep_input=True``, ViTs only: :mod:`usjepa_fast.models.kept_tokens`): a second
+input ``keep (batch, tokens)`` int64 holds, per row, the indices in ``[0, N)`` of the patches to run
+(raster order is what usfast sends) followed by ``-1`` padding; the token axis is dynamic (``1..N``).
+Only those patches go through the encoder (class / register tokens always), ``pooled`` averages the
+real ones. A row of all ``arange(N)`` is the dense forward. Padding by value, not a length input,
+keeps one integer tensor per row for ONNX Runtime and TensorRT alike (a TensorRT profile covers the
+token axis); lengths are computed in the graph. The parity gate compares ORT on padded rows with the
+PyTorch packed path on the same indices, with row lengths and a token count that differ from the
+traced ones (which proves both axes dynamic).
+
 Exporter: ``"dynamo"`` (``torch.export`` based, the default of torch >= 2.9) or ``"torchscript"``
 (the legacy tracer: several times faster to run, deprecated upstream). Either way the written graph
 is checked in ONNX Runtime against the PyTorch fp32 encoder on a batch whose size differs from the
@@ -108,8 +118,12 @@ def read_export_sidecar(path: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UsfastError(f"sidecar {path} is not a usfast encoder description ({exc}); re-export the model") from None
 
 
+KEEP_PAD = -1  # value that pads the rows of the kept-token input
+
+
 class _ExportModule(nn.Module):
-    """Wrap a FrozenEncoder: one ``forward_features`` -> pooled (and tokens), fp32 at the boundary."""
+    """Wrap a FrozenEncoder: one ``forward_features`` -> pooled (and tokens), fp32 at the boundary;
+    with a second input ``keep (B, K)`` only the kept patches run (:mod:`usjepa_fast.models.kept_tokens`)."""
 
     def __init__(self, encoder: nn.Module, tokens: bool, half: bool) -> None:
         super().__init__()
@@ -117,10 +131,12 @@ class _ExportModule(nn.Module):
         self.tokens = tokens
         self.half = half
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.half:
             x = x.half()
-        pooled, patch = self.encoder.features(x)  # (B, D), (B, N, D): the encoder's own pooling
+        pooled, patch = self.encoder.features(x, keep)  # (B, D), (B, N, D): the encoder's own pooling
         if not self.tokens:
             return pooled.float()
         return pooled.float(), patch.float()
@@ -137,11 +153,33 @@ def _ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _parity(sess, reference: nn.Module, x: torch.Tensor, tokens: bool) -> ParityReport:
+def example_keep(batch: int, num_patches: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """``(batch, tokens)`` kept-token rows of different lengths (1..tokens), padded with ``-1``: the
+    export's trace and check inputs (row 0 is full length)."""
+    rows = []
+    for b in range(batch):
+        n = tokens if b == 0 else int(torch.randint(1, tokens + 1, (1,), generator=generator))
+        idx = torch.randperm(num_patches, generator=generator)[:n].sort().values
+        rows.append(torch.cat([idx, torch.full((tokens - n,), KEEP_PAD, dtype=torch.int64)]))
+    return torch.stack(rows)
+
+
+def _reference_outputs(reference: nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> tuple:
+    """PyTorch fp32 outputs for the check batch: with ``keep``, the packed kept-token path (a
+    ``RaggedIndex`` of the same rows), so the gate also checks padded-vs-packed."""
+    from usjepa_fast.models.kept_tokens import unpad_keep
+
     with torch.inference_mode():
-        ref = reference(x)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    outs = sess.run(None, {"pixels": x.numpy()})
+        ref = reference(x) if keep is None else reference(x, unpad_keep(keep))
+    return ref if isinstance(ref, tuple) else (ref,)
+
+
+def _parity(
+    sess, reference: nn.Module, x: torch.Tensor, tokens: bool, keep: torch.Tensor | None = None
+) -> ParityReport:
+    refs = _reference_outputs(reference, x, keep)
+    feeds = {"pixels": x.numpy()} if keep is None else {"pixels": x.numpy(), "keep": keep.numpy()}
+    outs = sess.run(None, feeds)
     if len(outs) != len(refs):
         raise ExportParityError(f"exported graph has {len(outs)} outputs, expected {len(refs)}; re-export")
     max_abs, ref_max, cos_min = 0.0, 0.0, 1.0
@@ -163,9 +201,17 @@ def _parity(sess, reference: nn.Module, x: torch.Tensor, tokens: bool) -> Parity
 
 
 def _run_exporter(
-    module: nn.Module, example: torch.Tensor, path: Path, exporter: str, tokens: bool, opset: int | None
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    exporter: str,
+    tokens: bool,
+    opset: int | None,
+    keep: torch.Tensor | None = None,
 ) -> None:
     output_names = ["pooled", "tokens"] if tokens else ["pooled"]
+    args = (example,) if keep is None else (example, keep)
+    input_names = ["pixels"] if keep is None else ["pixels", "keep"]
     # ONNX protobuf caps a single file at 2 GiB; beyond that weights go to an external data file.
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1_800_000_000
     if exporter == "dynamo":
@@ -173,14 +219,19 @@ def _run_exporter(
         for name in ("onnx_ir", "onnxscript"):
             logging.getLogger(name).setLevel(logging.WARNING)
         batch = torch.export.Dim("batch", min=1, max=65536)
+        dims: tuple = ({0: batch},)
+        if keep is not None:
+            info = module.encoder.info  # the token axis runs 1..N (every patch)
+            n = (info.input_size // info.patch_size) ** 2
+            dims = ({0: batch}, {0: batch, 1: torch.export.Dim("tokens", min=1, max=max(2, n))})
         program = torch.onnx.export(
             module,
-            (example,),
+            args,
             None,
             dynamo=True,
-            input_names=["pixels"],
+            input_names=input_names,
             output_names=output_names,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=dims,
             opset_version=opset,
             external_data=big,
             verbose=False,
@@ -188,14 +239,16 @@ def _run_exporter(
         program.save(str(path), external_data=big)
     elif exporter == "torchscript":
         axes = {"pixels": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+        if keep is not None:
+            axes["keep"] = {0: "batch", 1: "tokens"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's deprecation and TracerWarnings are expected
             torch.onnx.export(
                 module,
-                (example,),
+                args,
                 str(path),
                 dynamo=False,
-                input_names=["pixels"],
+                input_names=input_names,
                 output_names=output_names,
                 dynamic_axes=axes,
                 opset_version=opset or 17,
@@ -214,6 +267,7 @@ def export_onnx(
     img_size: int | None = None,
     precision: Precision = "fp32",
     tokens: bool = False,
+    keep_input: bool = False,
     exporter: Exporter = "dynamo",
     opset: int | None = None,
     check_batch: int = 3,
@@ -227,6 +281,8 @@ def export_onnx(
 
     ``tolerance``: ``(max relative error, min cosine)``, default :data:`DEFAULT_TOLERANCE` per
     precision. Raises :class:`ExportParityError` (and writes nothing) when the ORT outputs miss it.
+    ``keep_input``: add the kept-token input ``keep (batch, tokens)`` (see the module doc; pooled
+    output only).
     """
     from usjepa_fast.kernels import use_backend
     from usjepa_fast.models.frozen import FrozenEncoder
@@ -258,6 +314,10 @@ def export_onnx(
     encoder = encoder.eval()
     info = encoder.info
     s = info.input_size
+    if keep_input and tokens:
+        raise UsfastError("an export with a kept-token input writes pooled features only; drop --tokens")
+    if keep_input and encoder.keep_unsupported is not None:
+        raise UsfastError(f"no kept-token input for {info.name}: {encoder.keep_unsupported}; export it without one")
     reference = _ExportModule(encoder, tokens, half=False).eval()
     if precision == "fp16":
         half_encoder = copy.deepcopy(encoder).half()
@@ -268,13 +328,19 @@ def export_onnx(
     example = torch.randn(2, info.in_chans, s, s, generator=gen)
     # a different batch size than the traced one: proves the batch axis is dynamic
     check = torch.randn(max(1, check_batch if check_batch != 2 else 3), info.in_chans, s, s, generator=gen)
+    keep_example = keep_check = None
+    if keep_input:
+        n = (s // info.patch_size) ** 2
+        # token counts that differ between trace and check: proves the token axis is dynamic
+        keep_example = example_keep(example.shape[0], n, max(1, n // 2), gen)
+        keep_check = example_keep(check.shape[0], n, max(1, (3 * n) // 4 if n > 2 else n), gen)
 
     tmp = temp_name(out_path, keep_suffix=True)
     try:
         # Kernel call sites take their PyTorch reference path: the graph must hold only standard ops.
         with use_backend("torch"), torch.inference_mode(False), torch.no_grad():
             try:
-                _run_exporter(module, example, tmp, exporter, tokens, opset)
+                _run_exporter(module, example, tmp, exporter, tokens, opset, keep_example)
             except UsfastError:
                 raise
             except OSError as exc:  # writing the graph failed: a path problem, not the exporter's
@@ -293,7 +359,7 @@ def export_onnx(
             raise ExportParityError(
                 f"ONNX Runtime cannot load the exported {info.name} graph ({exc}); try the other --exporter"
             ) from None
-        report = _parity(sess, reference, check, tokens)
+        report = _parity(sess, reference, check, tokens, keep_check)
         rel_tol, cos_tol = tolerance or DEFAULT_TOLERANCE[precision]
         if not report.ok(rel_tol, cos_tol):
             raise ExportParityError(
@@ -325,6 +391,7 @@ def export_onnx(
         "precision": precision,
         "outputs": ["pooled", "tokens"] if tokens else ["pooled"],
         "input": {"name": "pixels", "shape": ["batch", info.in_chans, s, s], "dtype": "float32"},
+        "keep": keep_block(info) if keep_input else None,
         "exporter": exporter,
         "opset": int(opset_used),
         "torch": torch.__version__,
@@ -351,6 +418,19 @@ def export_onnx(
     return ExportResult(out_path, sidecar, info, report, precision, exporter, dt)
 
 
+def keep_block(info: Any) -> dict[str, Any]:
+    """The sidecar's description of the kept-token input (None in the sidecar: no such input)."""
+    g = info.input_size // info.patch_size
+    return {
+        "name": "keep",
+        "shape": ["batch", "tokens"],
+        "dtype": "int64",
+        "pad": KEEP_PAD,
+        "max_tokens": g * g,
+        "order": "each row: kept patch indices in [0, N) first, then pad",
+    }
+
+
 def verify_onnx(
     onnx_path: str | Path,
     encoder_spec: str | Path | nn.Module | None = None,
@@ -373,7 +453,10 @@ def verify_onnx(
     else:
         encoder = encoder_from_info(info)  # the sidecar's recorded source
     reference = _ExportModule(encoder.eval().float(), "tokens" in export.get("outputs", []), half=False)
-    x = torch.randn(
-        batch, info.in_chans, info.input_size, info.input_size, generator=torch.Generator().manual_seed(seed)
-    )
-    return _parity(_ort_session(onnx_path), reference, x, "tokens" in export.get("outputs", []))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, info.in_chans, info.input_size, info.input_size, generator=gen)
+    keep = None
+    if export.get("keep"):
+        n = int(export["keep"]["max_tokens"])
+        keep = example_keep(batch, n, max(1, (2 * n) // 3), gen)
+    return _parity(_ort_session(onnx_path), reference, x, "tokens" in export.get("outputs", []), keep)

@@ -3,8 +3,10 @@
 Precision comes from the ONNX graph: the network is built *strongly typed* (TensorRT 11 knows no
 other mode and has no FP16 builder flag; TensorRT 10 gets the ``STRONGLY_TYPED`` creation flag), so
 an fp16 engine is built from an fp16 export (``usfast export --precision fp16``) and an fp32 engine
-from an fp32 one. One optimisation profile covers the batch range; a persistent timing cache makes
-rebuilds (other batch ranges, other files of the same architecture) take seconds instead of minutes.
+from an fp32 one. One optimisation profile covers the batch range (and, for an export with the
+kept-token input ``keep (batch, tokens)`` int64, the token axis from 1 to every patch, tuned for
+``opt_tokens``); a persistent timing cache makes rebuilds (other batch ranges, other files of the
+same architecture) take seconds instead of minutes.
 
 Everything here needs ``tensorrt`` and a CUDA GPU; imports are guarded and raise
 :class:`BackendUnavailableError` with the fix.
@@ -68,12 +70,14 @@ def build_engine(
     max_batch: int = 128,
     workspace_gib: float = 4.0,
     timing_cache: str | Path | None = None,
+    opt_tokens: float = 0.6,
 ) -> Path:
     """Build and serialise an engine for ``onnx_path`` (a usfast export with its sidecar).
 
     ``timing_cache``: file read before and written after the build (default: ``timing.cache`` beside
     the engine). The ONNX sidecar is copied beside the engine (``<engine stem>.json``) with the engine
-    facts added, so ``open_backend(engine)`` needs nothing else. Returns the engine path.
+    facts added, so ``open_backend(engine)`` needs nothing else. ``opt_tokens``: the share of the
+    patches a kept-token engine is tuned for (scan regions keep ~0.5-0.8). Returns the engine path.
     """
     from usjepa_fast.export.onnx_export import read_export_sidecar, sidecar_path_for, write_export_sidecar
 
@@ -110,6 +114,17 @@ def build_engine(
     profile.set_shape(
         "pixels", (min_batch, info.in_chans, s, s), (opt_batch, info.in_chans, s, s), (max_batch, info.in_chans, s, s)
     )
+    keep = export.get("keep")
+    token_range = None
+    if keep:  # the kept-token input: rows of 1..N patch indices (padded with -1)
+        n = int(keep["max_tokens"])
+        token_range = [1, max(1, min(n, round(opt_tokens * n))), n]
+        profile.set_shape(
+            str(keep.get("name", "keep")),
+            (min_batch, token_range[0]),
+            (opt_batch, token_range[1]),
+            (max_batch, token_range[2]),
+        )
     config.add_optimization_profile(profile)
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
@@ -131,6 +146,7 @@ def build_engine(
         onnx=onnx_path.name,
         tensorrt=str(trt.__version__),
         batch_range=[min_batch, opt_batch, max_batch],
+        token_range=token_range,
         device=torch.cuda.get_device_name(),
     )
     sidecar = sidecar_path_for(engine_path)
@@ -138,7 +154,9 @@ def build_engine(
         # engine beside its ONNX with the same stem: keep one sidecar, add the engine facts to it
         engine_export = {
             **export,
-            "tensorrt_engine": {k: engine_export[k] for k in ("file", "tensorrt", "batch_range", "device")},
+            "tensorrt_engine": {
+                k: engine_export[k] for k in ("file", "tensorrt", "batch_range", "token_range", "device")
+            },
         }
     write_export_sidecar(info, sidecar, engine_export)
     log.info(
@@ -191,12 +209,18 @@ class TensorRTRunner:
     def _dtype(self, name: str) -> torch.dtype:
         return _TRT_TO_TORCH[self.engine.get_tensor_dtype(name).name]
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x (B, 3, S, S)`` -> every output as a CUDA tensor (pooled first)."""
-        name = self.inputs[0]
-        x = x.to(self.device, dtype=self._dtype(name), non_blocking=True).contiguous()
-        self.context.set_input_shape(name, tuple(x.shape))
-        self.context.set_tensor_address(name, x.data_ptr())
+    def __call__(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``x (B, 3, S, S)`` (and, for a kept-token engine, ``keep (B, K)`` int64 padded with -1) ->
+        every output as a CUDA tensor (pooled first)."""
+        given = {"pixels": x} if keep is None else {"pixels": x, "keep": keep}
+        if set(given) != set(self.inputs):
+            raise UsfastError(f"TensorRT engine takes inputs {self.inputs}; got {sorted(given)}")
+        bound = []  # keep the device copies alive until the launch
+        for name in self.inputs:
+            t = given[name].to(self.device, dtype=self._dtype(name), non_blocking=True).contiguous()
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+            bound.append(t)
         outs = []
         for out_name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(out_name))
@@ -241,9 +265,17 @@ def check_engine(
     )
     runner = TensorRTRunner(engine_path)
     s = info.input_size
-    x = torch.randn(batch, info.in_chans, s, s, generator=torch.Generator().manual_seed(seed))
-    ref = np.asarray(_ort_session(onnx_path).run(None, {"pixels": x.numpy()})[0], dtype=np.float32)
-    got = runner(x.cuda())[0].float().cpu().numpy()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, info.in_chans, s, s, generator=gen)
+    feeds, keep = {"pixels": x.numpy()}, None
+    if export.get("keep"):
+        from usjepa_fast.export.onnx_export import example_keep
+
+        n = int(export["keep"]["max_tokens"])
+        keep = example_keep(batch, n, max(1, (2 * n) // 3), gen)
+        feeds["keep"] = keep.numpy()
+    ref = np.asarray(_ort_session(onnx_path).run(None, feeds)[0], dtype=np.float32)
+    got = runner(x.cuda(), None if keep is None else keep.cuda())[0].float().cpu().numpy()
     max_abs = float(np.abs(got - ref).max())
     rel = max_abs / max(float(np.abs(ref).max()), 1e-12)
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(got), torch.from_numpy(ref), dim=1)

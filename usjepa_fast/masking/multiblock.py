@@ -160,6 +160,21 @@ def _random_subset(rng: np.random.Generator, mask: np.ndarray, k: int) -> np.nda
     return out
 
 
+def usrc_broken(valid: np.ndarray | torch.Tensor, min_keep: int) -> np.ndarray | torch.Tensor:
+    """``(B,)`` bool: images whose scan region holds too few patches for USrc (``< min_keep + 1``)."""
+    return valid.reshape(valid.shape[0], -1).sum(1) < min_keep + 1
+
+
+def usrc_drawable(valid: np.ndarray | torch.Tensor, min_keep: int) -> np.ndarray | torch.Tensor:
+    """The patches USrc draws context and targets from: ``valid (B, ...)`` bool, with an image whose
+    region is broken (:func:`usrc_broken`) opened to its whole grid. A copy (numpy or torch, as given);
+    every target lies inside it, so a teacher run on these patches only (``teacher.tokens=scan``)
+    covers every target."""
+    out = valid.copy() if isinstance(valid, np.ndarray) else valid.clone()
+    out[usrc_broken(valid, min_keep)] = True
+    return out
+
+
 class MultiBlockMaskCollator:
     """Collate items and draw masks: ``__call__(list[dict]) -> dict(image, ..., masks=MaskBatch)``.
 
@@ -207,9 +222,8 @@ class MultiBlockMaskCollator:
         c_size = _block_size(rng, cfg.context_scale, cfg.context_aspect, grid)
         fallbacks = dict.fromkeys(FALLBACKS, 0)
         if cfg.usrc:  # an empty/broken scan mask: plain I-JEPA for that image
-            broken = valid_np.reshape(b, n).sum(1) < cfg.min_keep + 1
-            fallbacks["context_grid"] += int(broken.sum())
-            valid_np[broken] = True
+            fallbacks["context_grid"] += int(usrc_broken(valid_np, cfg.min_keep).sum())
+            valid_np = usrc_drawable(valid_np, cfg.min_keep)
 
         blocks = self._target_blocks(rng, t_size, valid_np, fallbacks)  # (B, nT, gh, gw)
         targets = (blocks & valid_np[:, None]).reshape(b, nt, n)

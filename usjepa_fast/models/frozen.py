@@ -80,7 +80,13 @@ def read_sidecar(path: str | Path) -> EncoderInfo:
 
 
 class FrozenEncoder(nn.Module):
-    """A frozen timm backbone: ``forward(x) -> (B, D)`` pooled, ``forward_tokens(x) -> (B, N, D)``."""
+    """A frozen timm backbone: ``forward(x) -> (B, D)`` pooled, ``forward_tokens(x) -> (B, N, D)``.
+
+    ``forward(x, keep)`` / ``features(x, keep)`` run the encoder on the kept patches only
+    (:mod:`usjepa_fast.models.kept_tokens`: scan-region tokens) and pool over them; ``keep`` is a
+    :class:`~usjepa_fast.masking.RaggedIndex` (packed, the PyTorch path) or ``(B, K)`` int64 indices
+    padded with ``-1`` (the ONNX export's form). :attr:`keep_unsupported` says why a model cannot.
+    """
 
     def __init__(self, model: nn.Module, info: EncoderInfo) -> None:
         super().__init__()
@@ -92,30 +98,66 @@ class FrozenEncoder(nn.Module):
     def train(self, mode: bool = True) -> FrozenEncoder:  # a frozen encoder never leaves eval mode
         return super().train(False)
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def keep_unsupported(self) -> str | None:
+        """None when this encoder runs on kept tokens (``forward(x, keep)``), else why not (one line)."""
+        if not hasattr(self, "_keep_reason"):
+            from usjepa_fast.models.kept_tokens import kept_token_support
+
+            reason = kept_token_support(self.model)
+            if reason is None and self.info.pool == "cls" and not self.info.num_prefix_tokens:
+                reason = f"{self.info.name} pools its first token but has no class token"
+            self._keep_reason = reason
+        return self._keep_reason
+
+    def features(self, x: torch.Tensor, keep: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features and patch tokens from one ``forward_features`` call: (B, 3, S, S) ->
         ((B, D), (B, N, D)). The one pooling of usfast (embed, probe and the ONNX export use it):
         ``cls`` = token 0, ``mean`` = mean of the patch tokens, then the model's own ``fc_norm`` when
-        it normalises after pooling (BEiT / USFM), i.e. timm's ``forward_head(..., pre_logits=True)``."""
+        it normalises after pooling (BEiT / USFM), i.e. timm's ``forward_head(..., pre_logits=True)``.
+
+        With ``keep`` only the kept patches go through the encoder and ``mean`` averages them: a
+        ``RaggedIndex`` gives packed tokens ``(T, D)``; ``(B, K)`` indices padded with ``-1`` give
+        ``(B, K, D)`` (rows of pads are meaningless)."""
+        if keep is not None:
+            return self._features_kept(x, keep)
         feats = self.model.forward_features(x)
         if feats.ndim == 4:  # convolutional timm models / SAM's neck: (B, C, H, W) -> (B, HW, C)
             feats = feats.flatten(2).transpose(1, 2)
             tokens = feats
         else:
             tokens = feats[:, self.info.num_prefix_tokens :]
-        pooled = feats[:, 0] if self.info.pool == "cls" else tokens.mean(dim=1)
+        return self._head(feats[:, 0] if self.info.pool == "cls" else tokens.mean(dim=1)), tokens
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
         fc_norm = getattr(self.model, "fc_norm", None)
         if isinstance(fc_norm, nn.Module) and not isinstance(fc_norm, nn.Identity):
             pooled = fc_norm(pooled)
-        return pooled, tokens
+        return pooled
+
+    def _features_kept(self, x: torch.Tensor, keep: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from usjepa_fast.masking.ragged import RaggedIndex
+        from usjepa_fast.models.kept_tokens import forward_kept, forward_kept_padded
+
+        if self.keep_unsupported is not None:
+            raise UsfastError(f"kept tokens (--tokens scan): {self.keep_unsupported}; use --tokens all")
+        if isinstance(keep, RaggedIndex):
+            out = forward_kept(self.model, x, keep.to(x.device))
+            cls = out.prefix[:, 0] if out.prefix is not None else None
+            return self._head(cls if self.info.pool == "cls" else out.mean()), out.tokens
+        seq, valid = forward_kept_padded(self.model, x, keep)  # (B, P + K, D), (B, K)
+        tokens = seq[:, self.info.num_prefix_tokens :]  # (B, K, D)
+        w = valid.to(tokens.dtype)[..., None]
+        mean = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        return self._head(seq[:, 0] if self.info.pool == "cls" else mean), tokens
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the final norm: (B, 3, S, S) -> (B, N, D)."""
         return self.features(x)[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features: (B, 3, S, S) -> (B, D)."""
-        return self.features(x)[0]
+    def forward(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
+        """Pooled features: (B, 3, S, S) -> (B, D); over the kept patches only with ``keep``."""
+        return self.features(x, keep)[0]
 
 
 def build_timm_model(timm_name: str, timm_kwargs: dict[str, Any] | None = None) -> nn.Module:

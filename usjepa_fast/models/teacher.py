@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from usjepa_fast.errors import UsfastError
+from usjepa_fast.masking.ragged import RaggedIndex
 from usjepa_fast.models.frozen import EncoderInfo, FrozenEncoder
 from usjepa_fast.models.resolve import describe_encoder, parse_encoder_spec, resolve_encoder
 from usjepa_fast.models.vit import VisionTransformer
@@ -83,15 +84,32 @@ class Teacher(nn.Module):
             return self.encoder.forward_tokens(x)
         return self.encoder.forward_features(x)
 
+    @property
+    def keep_unsupported(self) -> str | None:
+        """None when the teacher can embed kept patches only (``forward(x, keep)``), else why not."""
+        if not isinstance(self.encoder, FrozenEncoder):
+            return "the EMA teacher embeds the full image"
+        return self.encoder.keep_unsupported
+
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: RaggedIndex | None = None) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, N, Dt). ``keep`` (one patch sequence per image, ``teacher.tokens=scan``):
+        only those patches go through the encoder; the other rows of the output are zeros (no target
+        may address them)."""
         x = (x * self.in_std + self.in_mean - self.mean) / self.std  # student -> teacher normalisation
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         use_bf16 = self.bf16 and x.device.type in ("cuda", "cpu")
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            tokens = self._tokens(x)  # (B, N, Dt)
-        return tokens.float()
+            if keep is None:
+                return self._tokens(x).float()  # (B, N, Dt)
+            if self.keep_unsupported is not None:
+                raise UsfastError(f"teacher.tokens=scan: {self.keep_unsupported}; use teacher.tokens=full")
+            kept = self.encoder.features(x, keep)[1].float()  # (T, Dt) packed, keep order
+        b, n = x.shape[0], (self.input_size // self.info.patch_size) ** 2
+        out = kept.new_zeros(b * n, kept.shape[-1])
+        out[keep.flat(n)] = kept  # scatter back onto the grid the targets index
+        return out.view(b, n, -1)
 
     @torch.no_grad()
     def ema_update(self, student: nn.Module, momentum: float) -> None:

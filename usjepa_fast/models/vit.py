@@ -34,9 +34,10 @@ from timm.models.vision_transformer import Block
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-from usjepa_fast.kernels import VarlenLayout, masked_attention, varlen_attention
-from usjepa_fast.masking.ragged import RaggedIndex, apply_masks
+from usjepa_fast.kernels import VarlenLayout
+from usjepa_fast.masking.ragged import RaggedIndex
 from usjepa_fast.models.frozen import EncoderInfo
+from usjepa_fast.models.kept_tokens import attend, block_forward, embed_tokens, forward_kept
 from usjepa_fast.models.pos_embed import sincos_2d
 
 
@@ -44,9 +45,10 @@ class KernelAttention(Attention):
     """timm ``Attention`` (same parameters and keys) whose core goes through the kernel call site.
 
     Inputs: dense ``(B, N, C)``; packed ``(T, C)`` with ``layout`` (the training path); or padded
-    ``(B, L, C)`` with ``layout`` (its ``lens`` become the key-padding lengths). ``attn_mask`` is
-    honoured with plain SDPA: it exists only for the "all tokens + attention mask" baseline of
-    ``benchmarks/train_step.py`` and for timm's API; training never passes one.
+    ``(B, L, C)`` with ``layout`` (its ``lens`` become the key-padding lengths). The bodies are
+    :func:`usjepa_fast.models.kept_tokens.attend`, shared with frozen timm ViTs on kept tokens.
+    ``attn_mask`` is honoured with plain SDPA: it exists only for the "all tokens + attention mask"
+    baseline of ``benchmarks/train_step.py`` and for timm's API; training never passes one.
     """
 
     def forward(
@@ -58,29 +60,21 @@ class KernelAttention(Attention):
     ) -> torch.Tensor:
         if is_causal:
             raise ValueError("KernelAttention does not support causal attention")
-        if x.dim() == 2:
-            if layout is None:
-                raise ValueError("packed (T, C) tokens need a VarlenLayout")
-            t = x.shape[0]
-            q, k, v = self.qkv(x).reshape(t, 3, self.num_heads, self.head_dim).unbind(1)  # each (T, H, hd)
-            q, k = self.q_norm(q), self.k_norm(k)
-            out = varlen_attention(q, k, v, layout).reshape(t, self.attn_dim)  # (T, H*hd)
-            return self.proj_drop(self.proj(self.norm(out)))
+        if attn_mask is None:
+            return attend(self, x, layout)
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
-        if attn_mask is None:
-            out = masked_attention(q, k, v, None if layout is None else layout.lens)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(b, n, self.attn_dim)  # (B, N, H*hd)
-        out = self.norm(out)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))  # (B, N, H*hd)
         return self.proj_drop(self.proj(out))
 
 
 class KernelBlock(Block):
     """timm ``Block`` (same parameters and keys) that also runs packed ``(T, C)`` tokens."""
+
+    accepts_layout = True  # models.kept_tokens runs it with its own stochastic depth
 
     def forward(
         self,
@@ -91,8 +85,7 @@ class KernelBlock(Block):
     ) -> torch.Tensor:
         if layout is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        x = x + self._drop_path(self.drop_path1, self.ls1(self.attn(self.norm1(x), layout=layout)), layout)
-        return x + self._drop_path(self.drop_path2, self.ls2(self.mlp(self.norm2(x))), layout)
+        return block_forward(self, x, layout, drop_path=self._drop_path)
 
     def _drop_path(self, module: nn.Module, y: torch.Tensor, layout: VarlenLayout) -> torch.Tensor:
         """Stochastic depth per *sequence*: timm's DropPath on (T, C) would drop single tokens."""
@@ -182,7 +175,7 @@ class VisionTransformer(TimmVisionTransformer):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, N, D) patch tokens with position embedding."""
-        return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        return embed_tokens(self, x)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | RaggedIndex | None = None) -> torch.Tensor:
         """Final-normed tokens of the kept patches.
@@ -190,17 +183,11 @@ class VisionTransformer(TimmVisionTransformer):
         x (B, 3, S, S); ``keep`` None -> (B, N, D); dense (B, K) indices -> (B, K, D); a
         RaggedIndex (one sequence per sample) -> packed (T, D) in its order.
         """
-        tokens = self.embed(x)  # (B, N, D)
         if keep is None:
-            return self.norm(self.blocks(tokens))
+            return self.norm(self.blocks(self.embed(x)))
         ragged = keep if isinstance(keep, RaggedIndex) else RaggedIndex.from_dense(keep)
-        if ragged.seqs_per_sample != 1:
-            raise ValueError(f"the encoder takes one token sequence per sample, got {ragged.seqs_per_sample}")
-        layout = ragged.layout(per_sample=True)
-        packed = apply_masks(tokens, ragged)  # (T, D): the blocks only see kept tokens, no pads
-        for blk in self.blocks:
-            packed = blk(packed, layout=layout)
-        packed = self.norm(packed)
+        # the one kept-token forward (models.kept_tokens): gather after patch + pos embedding, packed
+        packed = forward_kept(self, x, ragged).tokens  # (T, D): the blocks only see kept tokens, no pads
         return packed if isinstance(keep, RaggedIndex) else packed.view(*keep.shape, -1)
 
     def forward_features(

@@ -47,11 +47,14 @@ def compare(
     pool: str | None = None,
     precision: str | None = "fp32",
     calibration: Any = None,
+    tokens: str = "all",
+    patch_coverage: float = 0.5,
 ) -> CompareReport:
     """Evaluate every encoder spec on every dataset and write the tables / plots into ``out_dir``.
 
     ``cache_dir=None`` uses the shared feature cache (see the module doc). ``precision`` /
     ``calibration``: the runtime precision of every spec (``probe.features.open_encoder``).
+    ``tokens="scan"``: every encoder embeds scan-region patches only (``patch_coverage``).
     """
     cfg = cfg or EvalConfig()
     if not encoders:
@@ -67,7 +70,15 @@ def compare(
     display: list[str] = []
     first_encoder: Encoder | None = None
     for i, spec in enumerate(encoders):
-        enc = open_encoder(spec, arch=arch, pool=pool, precision=precision, calibration=calibration)
+        enc = open_encoder(
+            spec,
+            arch=arch,
+            pool=pool,
+            precision=precision,
+            calibration=calibration,
+            tokens=tokens,
+            patch_coverage=patch_coverage,
+        )
         first_encoder = first_encoder or enc
         label = names[i] if names is not None else enc.name
         display.append(label)

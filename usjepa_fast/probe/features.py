@@ -71,16 +71,34 @@ class Encoder:
     info: Any  # EncoderInfo-like: name, input_size, mean, std, pool, width, source_hash
     device: torch.device
     name: str
+    tokens: str = "all"  # "scan": only each image's scan-region patches go through the encoder
+    patch_coverage: float = 0.5  # scan: share of a patch's pixels that must be scan region
 
     @property
     def key(self) -> str:
         from usjepa_fast.embed.fingerprint import feature_key
 
-        return feature_key(self)  # weights, input geometry, pooling, and this runtime (backend/precision)
+        # weights, input geometry, pooling, this runtime (backend/precision) and the token selection
+        return feature_key(self, token_selection=self.tokens, patch_coverage=self.patch_coverage)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def keep_unsupported(self) -> str | None:
+        from usjepa_fast.embed.backends import keep_unsupported
+
+        return keep_unsupported(self.fn)
+
+    def options(self, batch_size: int) -> Any:
+        """The embed engine's options for this encoder's features (its token selection)."""
+        from usjepa_fast.embed.options import EmbedOptions
+
+        return EmbedOptions(
+            batch_size=batch_size, progress=False, tokens=self.tokens, patch_coverage=self.patch_coverage
+        )
+
+    def __call__(self, x: torch.Tensor, keep: Any = None) -> torch.Tensor:
         with torch.inference_mode():
-            return self.fn(x.to(self.device, non_blocking=True)).float()
+            x = x.to(self.device, non_blocking=True)
+            return (self.fn(x) if keep is None else self.fn(x, keep)).float()
 
 
 def encoder_key(info: Any) -> str:
@@ -100,6 +118,8 @@ def open_encoder(
     seed: int = 0,
     precision: str | None = "fp32",
     calibration: Any = None,
+    tokens: str = "all",
+    patch_coverage: float = 0.5,
 ) -> Encoder:
     """Open ``spec`` (see module doc) as an :class:`Encoder` on ``device`` (CUDA if present).
 
@@ -111,7 +131,12 @@ def open_encoder(
     the paper's protocol; ``None`` = auto) / ``calibration`` (int8): as in ``open_backend``, whose
     parity gate checks anything but fp32; the feature cache key covers the backend's name and the
     machine, so reduced-precision features never come from an fp32 entry.
+    ``tokens="scan"``: features of the scan-region patches only (``patch_coverage``: the coverage
+    rule), refused in one line where the encoder cannot.
     """
+    from usjepa_fast.embed.options import EmbedOptions
+
+    EmbedOptions(tokens=tokens, patch_coverage=patch_coverage)  # one-line errors for bad values
     if isinstance(spec, Encoder):
         return spec
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,7 +146,11 @@ def open_encoder(
             raise UsfastError("an encoder object must be callable on (B, 3, S, S) and carry an .info")
         if isinstance(spec, torch.nn.Module):
             spec = spec.to(dev).eval()
-        return Encoder(fn=spec, info=info, device=dev, name=str(getattr(info, "name", type(spec).__name__)))
+        name = str(getattr(info, "name", type(spec).__name__))
+        enc = Encoder(fn=spec, info=info, device=dev, name=name, tokens=tokens, patch_coverage=patch_coverage)
+        if tokens == "scan" and enc.keep_unsupported is not None:
+            raise UsfastError(f"--tokens scan: {enc.keep_unsupported}; use --tokens all")
+        return enc
     from usjepa_fast.embed.backends import open_backend
     from usjepa_fast.models.resolve import parse_encoder_spec
 
@@ -136,8 +165,11 @@ def open_encoder(
         seed=seed,
         precision=None if precision == "auto" else precision,
         calibration=calibration,
+        tokens=tokens,
     )
-    return Encoder(fn=be, info=be.info, device=be.device, name=str(be.info.name))
+    return Encoder(
+        fn=be, info=be.info, device=be.device, name=str(be.info.name), tokens=tokens, patch_coverage=patch_coverage
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,13 +342,16 @@ def split_features(
 
     cache = cache or FeatureCache()
     dataset = dataset if dataset is not None else open_split(dataset_root, split, encoder.info)
-    enc_key = feature_key(encoder)
+    enc_key = encoder.key if isinstance(encoder, Encoder) else feature_key(encoder)
     path = cache.path(enc_key, dataset_key(dataset, split), split, corruption)
     hit = cache.load(path)
     if hit is not None:
         return hit
     transform = CorruptionTransform(corruption, encoder.info) if corruption is not None else None
-    emb = embed_split(encoder, dataset_root, split, batch_size=batch_size, dataset=dataset, pixel_transform=transform)
+    opts = encoder.options(batch_size) if isinstance(encoder, Encoder) else None
+    emb = embed_split(
+        encoder, dataset_root, split, batch_size=batch_size, dataset=dataset, pixel_transform=transform, options=opts
+    )
     x = stored_features(emb.x).astype(np.float32)  # what a cached rerun will read back
     feats = SplitFeatures(x=x, y=emb.y, paths=emb.paths, skipped=len(emb.failed))
     if feats.skipped:

@@ -76,6 +76,12 @@ class TeacherConfig:
     std: tuple[float, float, float] | None = None
     bf16: bool | None = None  # frozen teacher in bf16 autocast (targets are layer-normed anyway); None =
     #   follow run.precision
+    # full: the frozen teacher embeds every patch; scan: only each image's USrc patches (its scan region,
+    # data.scan_region's coverage rule), so black surround and burned-in text cost no teacher FLOPs (the
+    # teacher's full-image forward is 45-69% of a CPU step). Targets never leave those patches under USrc,
+    # but the teacher's latents change (its attention no longer sees the surround): an ablation knob,
+    # not a free speedup. Needs objective.kind=salt, mask.usrc=true and a plain-ViT teacher.
+    tokens: Literal["full", "scan"] = "full"
     # EMA mode: momentum ramps linearly (I-JEPA); the target encoder runs under run.precision, as the student
     ema_momentum: tuple[float, float] = (0.996, 1.0)
 

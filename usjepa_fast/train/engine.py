@@ -56,11 +56,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from usjepa_fast.config import from_dict, load_yaml, save_config, to_dict
 from usjepa_fast.data.sampler import CorpusSampler
-from usjepa_fast.errors import ConfigError, Terminated, UsfastError, note_saved
+from usjepa_fast.errors import ConfigError, DataError, Terminated, UsfastError, note_saved
 from usjepa_fast.fileio import atomic_write_text, check_output_dir, folder_lock
 from usjepa_fast.hardware import bf16_training_pays
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
-from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator
+from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator, usrc_drawable
+from usjepa_fast.masking.ragged import RaggedIndex
 from usjepa_fast.models.pixel import patchify_gray, pixel_target_dim
 from usjepa_fast.models.predictor import Predictor
 from usjepa_fast.models.registry import create
@@ -261,6 +262,11 @@ class Trainer:
     def _validate_config(self) -> None:
         cfg = self.cfg
         cfg.validate()  # every range (TrainConfig.validate); below: what needs more than one key
+        if cfg.teacher.tokens == "scan" and not (cfg.objective.kind == "salt" and cfg.mask.usrc):
+            raise ConfigError(
+                "teacher.tokens=scan runs the frozen teacher on USrc's scan-region patches: it needs "
+                "objective.kind=salt and mask.usrc=true (or set teacher.tokens=full)"
+            )
         if cfg.objective.kind == "salt" and not cfg.teacher.spec:
             raise ConfigError(
                 "objective.kind=salt needs teacher.spec (a run dir / .safetensors, zoo:URFM=PATH, a checkpoint + "
@@ -294,6 +300,8 @@ class Trainer:
                 t.spec, t.arch, self.grid, bf16=teacher_bf16, mean=t.mean, std=t.std, student_patch=m.patch_size
             )
             teacher.set_input_normalisation(cfg.data.mean, cfg.data.std)
+            if t.tokens == "scan" and teacher.keep_unsupported is not None:
+                raise ConfigError(f"teacher.tokens=scan: {teacher.keep_unsupported}; use teacher.tokens=full")
             out_dim = teacher.width
         elif kind == "ema":
             # the target encoder runs under the trainer's precision (run.precision), as the student does
@@ -460,10 +468,18 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
-    def targets(self, images: torch.Tensor) -> torch.Tensor:
-        """Phase 1: what the predictor regresses, for every patch: (B, N, Dt)."""
+    def targets(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Phase 1: what the predictor regresses, for every patch: (B, N, Dt). ``teacher.tokens=scan``:
+        the teacher embeds only the patches USrc draws from (``valid (B, gh, gw)``, the batch's
+        ``valid_patches``; the rows of the others are zeros and no target addresses them)."""
         if self.teacher is None:
             return patchify_gray(images, self.cfg.model.patch_size, self.cfg.objective.pixel_pool)  # (B, N, q*q)
+        if self.cfg.teacher.tokens == "scan":
+            if valid is None:
+                raise DataError("teacher.tokens=scan needs 'valid_patches' in every batch (scan masks)")
+            drawable = usrc_drawable(valid.to("cpu", torch.bool), self.cfg.mask.min_keep)  # the collator's rule
+            keep = RaggedIndex.from_mask(drawable.reshape(drawable.shape[0], 1, -1)).to(images.device)
+            return self.teacher(images, keep)  # no_grad inside
         return self.teacher(images)  # no_grad inside
 
     def loss(self, pred: torch.Tensor, targets: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
@@ -491,7 +507,7 @@ class Trainer:
             images = batch["image"].to(self.device, non_blocking=True)  # (B, 3, S, S)
             # Phase 1: teacher forward (full image, no grad), overlapping with the mask draw.
             with self._autocast():
-                targets = self.targets(images)
+                targets = self.targets(images, batch.get("valid_patches"))
             masks = self.collect_masks(pending)  # ragged: context (Tc,), targets (Tt,) on the device
             # DDP all-reduces gradients only on the last micro-batch of the step.
             sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else contextlib.nullcontext()
@@ -560,7 +576,7 @@ class Trainer:
             pending = self.masks_async(batch, (999_999, i, self.dist.rank))  # fixed masks per batch
             images = batch["image"].to(self.device)
             with self._autocast():
-                targets = self.targets(images)
+                targets = self.targets(images, batch.get("valid_patches"))
             masks = self.collect_masks(pending)
             with self._autocast():
                 pred = self.model(images, masks)
