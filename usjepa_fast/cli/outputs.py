@@ -12,15 +12,23 @@ from pathlib import Path
 def claim_output_dir(out: Path, purpose: str, *, lock: bool = True) -> Iterator[Path]:
     """``with claim_output_dir(out, "usfast probe"): ...``: refuse an unwritable ``--out`` folder in
     one line (``fileio.check_output_dir``); with ``lock``, hold ``fileio.folder_lock(out, purpose)``
-    for the block."""
+    for the block. A folder this call created is removed again when the block fails before writing
+    anything into it (a refused option leaves no empty ``--out`` behind)."""
     from usjepa_fast.fileio import check_output_dir, folder_lock
 
     check_output_dir(out, what="--out")
-    if not lock:
-        yield out
-        return
-    with folder_lock(out, purpose):
-        yield out
+    created = not Path(out).exists()
+    try:
+        if not lock:
+            yield out
+            return
+        with folder_lock(out, purpose):
+            yield out
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()  # only succeeds when empty: results written so far stay
+        raise
 
 
 def claim_output_file(out: Path) -> Path:
