@@ -140,3 +140,32 @@ def test_bad_class_weight_is_a_one_line_error(ultrabench, student) -> None:
 
     with pytest.raises(UsfastError, match="--class-weight"):
         _invoke("probe", str(ultrabench), "-e", str(student), "--class-weight", "inverse")
+
+
+def test_probe_and_robustness_write_nothing_into_the_dataset(ultrabench, student, tmp_path) -> None:
+    """Issue 17: reading a dataset (scan masks detected, features cached) leaves its folder as it was;
+    read-only for a non-root user (root ignores permission bits: then the listing diff is the check)."""
+    import os
+    import shutil
+
+    from support.media import folder_state
+
+    data = tmp_path / "task"
+    shutil.copytree(ultrabench, data)
+    before = folder_state(data)
+    read_only = os.geteuid() != 0
+    if read_only:
+        for d, _, _ in os.walk(data):
+            os.chmod(d, 0o555)
+    try:
+        common = ["--encoder", str(student), "--seeds", "0", "--cache", str(tmp_path / "cache")]
+        _invoke("probe", str(data), *common, "--preset", "sweep", "--out", str(tmp_path / "p"))
+        _invoke(
+            "robustness", str(data), *common, "--corruptions", "speckle", "--severities", "1",
+            "--out", str(tmp_path / "r"),
+        )  # fmt: skip
+    finally:
+        if read_only:
+            for d, _, _ in os.walk(data):
+                os.chmod(d, 0o755)
+    assert folder_state(data) == before

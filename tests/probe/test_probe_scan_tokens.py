@@ -24,7 +24,7 @@ def test_probe_scan_features_are_the_embed_scan_features(ultrabench, tmp_path) -
     assert len(feats.paths) == len(sources) > 0
     for path, row in zip(feats.paths, feats.x, strict=True):
         key = next(k for k in by_path if str(path).endswith(k))
-        np.testing.assert_allclose(row, by_path[key], atol=1e-5)
+        np.testing.assert_allclose(row, by_path[key], rtol=2e-3, atol=1e-4)  # the cache stores fp16
     plain = split_features(whole, ultrabench, "test", cache, batch_size=8)
     assert not np.allclose(plain.x, feats.x, atol=1e-3)
     with pytest.raises(UsfastError, match="--tokens all"):

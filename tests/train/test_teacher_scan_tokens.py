@@ -10,9 +10,9 @@ from usjepa_fast.train import run
 from usjepa_fast.train.engine import Trainer
 
 
-def _scan_cfg(make_cfg, tmp_path, random_teacher, *extra):
+def _scan_cfg(make_cfg, tmp_path, random_teacher, *extra, name="run"):
     return make_cfg(
-        tmp_path / "run", "objective.kind=salt", f"teacher.spec={random_teacher}", "teacher.tokens=scan", *extra
+        tmp_path / name, "objective.kind=salt", f"teacher.spec={random_teacher}", "teacher.tokens=scan", *extra
     )
 
 
@@ -40,6 +40,8 @@ def test_scan_teacher_targets_equal_the_teacher_on_gathered_patches(make_cfg, tm
         assert not (covered & ~valid.flatten(1)).any()  # every target lies where the teacher ran
     finally:
         trainer.close()
+    # a fresh run needs a folder of its own (the Trainer above already claimed tmp_path / "run")
+    cfg = _scan_cfg(make_cfg, tmp_path, random_teacher, "mask.usrc=true", "optim.steps=3", name="run2")
     summary = run(cfg, train_dataset=train, val_dataset=val)
     assert summary.finished and summary.step == 3
 
