@@ -53,7 +53,13 @@ def build_pretrain_data(cfg: DataConfig, patch_size: int, seed: int) -> Pretrain
 
     if not cfg.sources:
         raise DataError("data.sources is empty; set it in the config or pass --set 'data.sources=[/path/to/data]'")
-    common = dict(image_size=cfg.image_size, mean=tuple(cfg.mean), std=tuple(cfg.std), patch_size=patch_size)
+    common = dict(
+        image_size=cfg.image_size,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        patch_size=patch_size,
+        patch_coverage=cfg.patch_coverage,
+    )
     train_pp = PreprocessConfig(train=True, crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip, **common)
     eval_pp = PreprocessConfig(train=False, **common)
     sampling = FrameSampling(every_k=cfg.every_k, max_frames=cfg.max_frames_per_clip)
