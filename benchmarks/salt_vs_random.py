@@ -36,6 +36,7 @@ import torch
 from usjepa_fast.data.synth import synthesize
 from usjepa_fast.probe.evaluate import EvalConfig, evaluate_task
 from usjepa_fast.probe.features import FeatureCache, open_encoder
+from usjepa_fast.train.engine import read_run_summary
 from usjepa_fast.train.pipeline import pixel_teacher_stage, salt_student_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,16 +53,12 @@ def probe_f1(spec: str, dataset: Path, cache: FeatureCache) -> tuple[float, floa
 
 
 def finished(run_dir: Path) -> tuple[Path, float] | None:
-    """(student.safetensors, final loss) of a run that reached its last step, read from its summary,
-    so a report-only invocation never re-enters training (nor its resume checks)."""
-    f = run_dir / "summary.json"
-    if not f.is_file():
+    """(student.safetensors, final loss) of a run that reached its last step, from the summary it
+    wrote, so a report-only invocation never re-enters training (nor its resume checks)."""
+    summary = read_run_summary(run_dir)
+    if summary is None or not summary.finished or summary.student_path is None or not summary.student_path.is_file():
         return None
-    summary = json.loads(f.read_text())
-    path = summary.get("student_path")
-    if summary.get("step") != summary.get("total_steps") or not path or not Path(path).is_file():
-        return None
-    return Path(path), float(summary["final_loss"])
+    return summary.student_path, summary.final_loss
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -110,3 +110,9 @@ def test_pretrain_two_stage_demo_call(synth_root, tmp_path) -> None:
     assert result.teacher.finished and result.student.finished
     enc = resolve_encoder(result.student_path)
     assert enc.info.width == 32 and enc.info.input_size == 64
+    from usjepa_fast.train.engine import read_run_summary
+
+    stored = read_run_summary(tmp_path / "demo" / "student")  # what summary.json holds, read back
+    assert stored is not None and stored.finished and stored.student_path == result.student_path
+    assert (stored.step, stored.total_steps, stored.final_loss) == (2, 2, result.student.final_loss)
+    assert read_run_summary(tmp_path / "nowhere") is None

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, Dataset
 from usjepa_fast.config import from_dict, load_yaml, save_config, to_dict
 from usjepa_fast.data.sampler import CorpusSampler
 from usjepa_fast.errors import ConfigError, DataError, Terminated, UsfastError, note_saved
-from usjepa_fast.fileio import atomic_write_text, check_output_dir, folder_lock
+from usjepa_fast.fileio import atomic_write_json, atomic_write_text, check_output_dir, folder_lock
 from usjepa_fast.hardware import bf16_training_pays
 from usjepa_fast.kernels import salt_smooth_l1, set_backend
 from usjepa_fast.masking.multiblock import MaskBatch, MultiBlockMaskCollator, usrc_drawable
@@ -75,6 +75,9 @@ from usjepa_fast.train.schedules import lr_at, momentum_at, wd_at
 
 log = logging.getLogger("usfast")
 CKPT_FORMAT = "usfast-train/1"
+
+
+SUMMARY_FILE = "summary.json"  # RUN/summary.json: the RunSummary of the run's last invocation
 
 
 @dataclass
@@ -897,7 +900,27 @@ def run(
         inputs=trainer.input_report(),
     )
     if trainer.dist.is_main:
-        (trainer.run_dir / "summary.json").write_text(
-            json.dumps({k: _jsonable(v) for k, v in dataclasses.asdict(summary).items()}, indent=2) + "\n"
-        )
+        fields = {k: _jsonable(v) for k, v in dataclasses.asdict(summary).items()}
+        atomic_write_json(trainer.run_dir / SUMMARY_FILE, fields, indent=2)
     return summary
+
+
+def read_run_summary(run_dir: str | Path) -> RunSummary | None:
+    """The :class:`RunSummary` a run wrote last (``RUN/summary.json``), or None when it has none (or an
+    unreadable one): a caller can tell a finished run from its folder without entering training."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    names = {f.name for f in dataclasses.fields(RunSummary)}
+    data = {k: v for k, v in data.items() if k in names}
+    for key in ("run_dir", "student_path", "checkpoint"):
+        if data.get(key) is not None:
+            data[key] = Path(data[key])
+    if data.get("final_loss") is None:
+        data["final_loss"] = float("nan")  # written as null: strict JSON has no NaN
+    try:
+        return RunSummary(**data)
+    except TypeError:  # a summary missing required fields
+        return None
