@@ -52,6 +52,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage, signal
 
 from usjepa_fast.errors import DataError
+from usjepa_fast.fileio import atomic_write_text
 
 log = logging.getLogger("usfast")
 
@@ -656,8 +657,8 @@ def write_ultrabench(out_dir: Path, n_images: int, image_size: int, seed: int, w
             }
         )
     for split, recs in records.items():
-        (out_dir / f"{split}.json").write_text(json.dumps(recs, indent=1))
-    (out_dir / "classes.json").write_text(json.dumps(list(CLASSES)))
+        atomic_write_text(out_dir / f"{split}.json", json.dumps(recs, indent=1))
+    atomic_write_text(out_dir / "classes.json", json.dumps(list(CLASSES)))
     return {k: len(v) for k, v in records.items()}
 
 
@@ -792,7 +793,7 @@ def write_clips(
         suffixes[1], suffixes[2] = ".webm", ".avi"
     jobs = [(out_dir, seed, i, size, n_frames, fps, suffixes[i]) for i in range(n_clips)]
     manifest = _map(_clip_job, jobs, workers)
-    (out_dir / "clips.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out_dir / "clips.json", json.dumps(manifest, indent=1))
     return [out_dir / m["video"] for m in manifest]
 
 
@@ -918,7 +919,7 @@ def write_dicom_set(
     dual_mask = np.concatenate([lmask, rmask], axis=1)
     regions = [_bmode_region(lmask, size), _bmode_region(rmask, size, x_offset=size)]
     paths.append(save("dual_000.dcm", dual[None], dual_mask, regions))
-    (out_dir / "dicom.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out_dir / "dicom.json", json.dumps(manifest, indent=1))
     return paths
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from usjepa_fast.errors import UsfastError
+from usjepa_fast.fileio import atomic_write_text
 from usjepa_fast.probe.corruptions import save_corruption_grids
 from usjepa_fast.probe.evaluate import EvalConfig, TaskResult
 from usjepa_fast.probe.features import Encoder, open_split
@@ -122,9 +123,7 @@ class CompareReport:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return atomic_write_text(path, text)  # a report is whole or absent, never cut mid-table
 
 
 def details_table(results: Sequence[TaskResult]) -> tuple[str, str]:

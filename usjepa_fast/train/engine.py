@@ -674,7 +674,7 @@ class Trainer:
         if not path.is_file():
             return
         kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(path, "".join(line + "\n" for line in kept))  # a crash here must not lose the history
 
     def last_logged_loss(self) -> float:
         """Training loss of the newest metrics row (a resumed run that had no step left to do)."""
