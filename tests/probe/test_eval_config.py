@@ -18,6 +18,7 @@ from usjepa_fast.probe.evaluate import EvalConfig
         ({"fewshot": (1.5,)}, r"fewshot=1.5 is invalid"),
         ({"corruptions": ("snow",)}, r"corruptions=\['snow'\] is invalid"),
         ({"severities": (4,)}, r"severities=4 is invalid"),
+        ({"robustness": True, "severities": ()}, r"severities=\(\) is invalid; use at least one of"),
         ({"batch_size": 0}, r"batch_size=0 is invalid"),
     ],
 )

@@ -82,6 +82,8 @@ class EvalConfig:
         unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
         if unknown or (self.robustness and not self.corruptions):
             raise bad_value("corruptions", unknown or self.corruptions, f"names from {sorted(CORRUPTIONS)}", what)
+        if self.robustness and not self.severities:
+            raise bad_value("severities", self.severities, f"at least one of {list(SEVERITIES)}", what)
         for severity in self.severities:
             check_choice(severity, "severities", SEVERITIES, what=what)
         check_int(self.corruption_seed, "corruption_seed", 0, what=what)
