@@ -112,10 +112,9 @@ def feature_fields(
     info = getattr(encoder, "info", None)
     runner = encoder if info is not None else None
     info = info if info is not None else encoder
-    plain = {"backend": "torch", "precision": "fp32", "backend_name": "torch-fp32", "machine": machine_fields()}
     fields = {
         "encoder": encoder_fields(info),
-        **(backend_fields(runner) if runner is not None else plain),
+        **backend_fields(runner),  # no runner (an EncoderInfo): torch fp32 on this machine
         "preprocess": preprocess_fields(scan_region),
         "tokens": tokens,
     }
