@@ -78,15 +78,24 @@ def _sklearn_like(xtr, ytr, c_value):
     return LogisticRegression(C=c_value, max_iter=5000, tol=1e-10).fit(xtr, ytr)
 
 
-@pytest.mark.parametrize("n_train, d", [(160, 24), (40, 64)])  # N > D, and N < D (null directions)
+# The three preconditioner paths (probe.precondition): exact from the covariance (N > D), exact from the
+# Gram matrix (N < D: null directions), low-rank + tail bound (both sides above EXACT_MAX_DIM), the last
+# full-batch so that no minibatch noise is left at its fixed point.
+@pytest.mark.parametrize("n_train, d", [(160, 24), (40, 64), (300, 200)])
 def test_sweep_heads_converge_to_the_l2_logistic_regression_optimum(n_train: int, d: int) -> None:
     """One C, enough epochs: the preconditioned SGD head == scikit-learn's LogisticRegression(C) (L2 1/(C N),
     bias unpenalised), for every seed; the test logits agree too when N < D (no weight in null directions)."""
+    from usjepa_fast.probe.precondition import EXACT_MAX_DIM
+
+    assert (min(n_train, d) > EXACT_MAX_DIM) == (d == 200)  # the cases cover each path
     x, y = _blobs(n_train + 100, d=d, sep=1.0)
+    if d == 200:  # correlated features: a spectrum the low-rank bound has to follow
+        x = x @ np.random.default_rng(1).normal(size=(d, d)).astype(np.float32) / np.sqrt(d)
     mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
     x = (x - mu) / sd
     xtr, ytr, xva, yva = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    cfg = SweepConfig(cs=(0.3,), max_epochs=200, min_steps=0, patience=10_000, top_k=1, standardize=False)
+    schedule = dict(max_epochs=1000, batch_size=n_train) if d == 200 else dict(max_epochs=200)
+    cfg = SweepConfig(cs=(0.3,), min_steps=0, patience=10_000, top_k=1, standardize=False, **schedule)
     heads = train_sweep(xtr, ytr, xva, yva, 4, seeds=[0, 1], config=cfg, device="cpu")
     ref = _sklearn_like(xtr, ytr, 0.3)
     ref_logits = torch.from_numpy(ref.decision_function(xva)).float()

@@ -14,13 +14,14 @@ so a step is a handful of batched matmuls instead of one small ``nn.Linear`` per
 
 ``sweep``  -- the L2 regularisation path, like a scikit-learn ``LogisticRegression`` C sweep: one
     head per C in ``cs`` (L2 strength ``1 / (C * N_train)`` on the mean loss, bias unpenalised),
-    all trained together by *preconditioned* minibatch SGD from zero (batch 128, a per-step cosine
-    schedule, >= 60 steps and >= 5 epochs), each head stopping early once its validation loss has
+    all trained together by *preconditioned* minibatch SGD from zero on the features' eigen-coordinates
+    (:mod:`usjepa_fast.probe.precondition`; batch 256, a per-step cosine schedule, >= 30 steps and
+    >= 3 epochs), each head stopping early once its validation loss has
     stopped moving (its training is done; C is the regulariser). The configurations are ranked by
     validation macro F1 and the **top 3 are averaged** (their weights, i.e. their logits: still one
     linear head). The heads converge, so the sweep is deterministic: every probe seed gets the same
-    head (its only randomness, the minibatch order ``order_seed``, moves test macro F1 by 0.6-1.4
-    points over five orders, where the paper's five seeds move it by 0.7-1.8 on the same splits:
+    head (its only randomness, the minibatch order ``order_seed``, moves test macro F1 by 0.3-1.2
+    points over five orders, where the paper's five seeds move it by 0.6-1.8 on the same splits:
     benchmarks/results/probe_speed_cpu.txt).
 
 Why the sweep looks like this -- measured during development on the small imbalanced tasks of issue
@@ -35,8 +36,8 @@ top eigenvalue of the standardised train covariance is 47-215 out of a trace of 
 those learning rates oscillated along the top directions and stopped wherever its 30 steps ended:
 the seeds landed on different heads.
 Preconditioning by Boehning's Hessian bound (``linear_engine``) gives one learning rate that
-converges for every C and every encoder; (2) 30 steps were too few for the weakly regularised
-heads; (3) a single best configuration picked on ~50 validation images is a coin toss between
+converges for every C and every encoder; (2) 30 unpreconditioned steps were too few for the weakly
+regularised heads; (3) a single best configuration picked on ~50 validation images is a coin toss between
 neighbouring C values (one image is more than a point of macro F1): averaging the top 3 beat the
 single best by 0.5 points on average (up to 1.4) and never lost more than 0.4. With these, the
 benchmark's sweep is -0.2 to +5.1 points from the paper preset on all 10 cases (5 splits each);
@@ -50,6 +51,19 @@ best-validation-loss snapshot with patience 3 (same mean, order spread 1.3-2.1 i
 class weighting by default (+0.0 points on average over the 8 families, -1.6 to +1.6; +0.3 in the
 benchmark, -1.6 to +3.0: kept as an option); 10 epochs instead of 5 (within 0.7 points, ~1.7x the
 time).
+
+Then for speed (issue 16's >= 5x scikit-learn): the heads train on the eigen-coordinates, where the
+preconditioner is an elementwise scale instead of two matmuls per step; the randomized eigensolver
+takes one power iteration and reuses its last product for the coordinates; the schedule is 3 epochs /
+>= 30 steps instead of 5 / 60, at batch 256 instead of 128; and rounds validate only where a head
+can stop. Over the 10 cases (5 splits x 3 orders each) 3 / 30 moved macro F1 by -0.4 to +1.0 points
+against 5 / 60 (mean +0.2); batch 256 then lowered the order spread where it was largest (a
+SALT-trained tiny-ViT case: 1.0 -> 0.5 points, 5 splits x 5 orders) at the same F1 (+0.1 mean).
+Result: 6.3-40.6x scikit-learn on every case of benchmarks/probe_speed.py (was 3.2-16.7x). Tried and
+not kept: learning rate 2 (-0.7 points: more converged weak heads overfit); rank 32 (-1.0 on the 500
+x 768 case); averaging the iterates of the last round(s) (no lower spread); a window of 3 adjacent C
+values instead of the top 3 (spread 1.2 vs 1.0); exact eigendecompositions beyond 160 dimensions (15
+ms at 350 x 768: more than the rest of the sweep).
 
 Class weighting (``class_weight="balanced"``, both presets, off by default -- the paper does not use
 it): each sample's loss is weighted ``N / (C * n_c)`` (scikit-learn's ``"balanced"``) and the
@@ -77,7 +91,6 @@ from usjepa_fast.errors import UsfastError
 from usjepa_fast.probe.linear_engine import (
     Prepared,
     class_weights,
-    precondition,
     prepare,
     standardize,
     to_numpy_labels,
@@ -85,6 +98,7 @@ from usjepa_fast.probe.linear_engine import (
     train_heads,
 )
 from usjepa_fast.probe.metrics import ClassificationReport, MeanStd, batched_macro_f1, classification_report, mean_std
+from usjepa_fast.probe.precondition import precondition
 
 Preset = Literal["paper", "sweep"]
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -114,11 +128,13 @@ class SweepConfig:
     cs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0)
     # Step sizes in preconditioned units: 1 is the Newton step of the Hessian bound (stable for all C).
     lrs: tuple[float, ...] = (1.0,)
-    batch_size: int = 128  # 3+ steps per epoch on ~400-image train splits; GEMM-sized on large ones
+    # 256: the minibatch order moved test macro F1 by 0.3-1.1 points over orders at 256, 0.3-1.3 at 128
+    # (10 cases x 5 splits x 3 orders), at the same F1 (+0.1 mean): fewer, less noisy steps.
+    batch_size: int = 256
     # Rounds (epochs, or min_steps / max_epochs steps when the split is small) of the per-step cosine
-    # schedule: >= 60 preconditioned steps converge every head of the grid (5 vs 10 epochs: same F1).
-    max_epochs: int = 5
-    min_steps: int = 60
+    # schedule: 3 epochs / >= 30 steps score like 5 / 60 and 10 / 60 (module doc), at about half the time.
+    max_epochs: int = 3
+    min_steps: int = 30
     # Per-head early stopping. "converged": a head stops after `patience` rounds in which its validation
     # loss moved by < 0.1 % (its training is done; the L2 strength C is the regulariser); "no_improvement":
     # after `patience` rounds without a new lowest validation loss (the paper's rule).
@@ -128,8 +144,9 @@ class SweepConfig:
     # "f1" (its best validation macro F1).
     snapshot: Literal["last", "loss", "f1"] = "last"
     top_k: int = 3  # average the heads of the k configurations with the best validation macro F1
-    # Directions of the train covariance preconditioned exactly (the rest share one bound): the top
-    # eigenvalues of frozen features dominate (47-215 of a trace of D), the tail is flat.
+    # Directions of the train covariance preconditioned exactly (the rest share one bound) when it is
+    # too large for an exact eigendecomposition: the top eigenvalues of frozen features dominate
+    # (47-215 of a trace of D), the tail is flat.
     precondition_rank: int = 64
     order_seed: int = 0  # the minibatch order of the (deterministic) sweep; not the probe seeds
     standardize: bool = True
@@ -322,7 +339,7 @@ def train_sweep(
     top = torch.argsort(score, descending=True, stable=True)[:k].tolist()
     w = tr.weight.view(s, -1, c, g)[..., top].mean(dim=-1)  # (S, D, C)
     b = tr.bias.view(s, c, g)[..., top].mean(dim=-1)  # (S, C)
-    w, b = q.uncenter(w, b)
+    w, b = q.to_features(w, b)
     return LinearHeads(
         weight=w.expand(len(seeds), -1, -1).contiguous(),
         bias=b.expand(len(seeds), -1).contiguous(),
@@ -345,6 +362,7 @@ def train_sweep(
             "num_heads": g,
             "order_seed": cfg.order_seed,
             "batch_size": min(cfg.batch_size, n_train),
+            "precondition": "exact" if q.curvature.exact else "low-rank",
             "precondition_rank": int(q.curvature.basis.shape[1]),
             "standardize": cfg.standardize,
             "snapshot": cfg.snapshot,

@@ -3,7 +3,8 @@
 Weights live as ``W (S, D, C*G)`` with class-major columns (column ``k * G + j`` = class k of
 configuration j): the G configurations of a seed share its minibatch order, so a step is one ``bmm``
 per seed over all its heads, and the softmax runs over dim 2 of ``(S, b, C, G)`` -- torch's CPU
-softmax over a last dim of 3-10 classes is ~6x slower than over an outer dim. The gradient of the
+softmax over a last dim of 3-10 classes is ~3.5x slower than over an outer dim, and the written-out
+softmax here another 1.4x faster (one core, (1, 128, 8, 10): 165 / 48 / 34 us). The gradient of the
 (optionally class-weighted) mean cross-entropy is written out, ``(softmax - onehot) * w_i / sum_b w``,
 which avoids autograd and ``torch.optim`` bookkeeping: at probe sizes the per-step Python overhead
 dominates, not the matmuls. Two optimizers:
@@ -12,18 +13,15 @@ dominates, not the matmuls. Two optimizers:
     ``p *= 1 - lr * wd``, bias-corrected moments) on ``nn.Linear``'s init (the paper preset; tested
     equal to ``nn.Linear`` + ``AdamW`` + ``CosineAnnealingLR``).
 ``psgd``   -- preconditioned SGD on the L2-regularised objective ``mean CE + wd/2 ||W||^2`` (bias
-    unpenalised, like scikit-learn's ``LogisticRegression``). The softmax cross-entropy's Hessian is
-    bounded by ``M / 2 + wd`` for the weights and ``1/2`` for the bias (Boehning's bound), ``M`` the
-    (class-weighted) covariance of the centred train features; the step ``(M / 2 + wd)^-1 grad`` is
-    then a Newton-like step that is stable for *every* wd and every encoder's feature scale at one
-    learning rate (~1). Standardised frozen features are far from isotropic (the top eigenvalue of
-    ``M`` is 47-215 out of a trace of D on ViT features), which is what made plain SGD at lr 0.1-0.2
-    oscillate along the top directions and spread over seeds. ``M`` is bounded by its top-r
-    eigenpairs (randomized subspace iteration, a few passes over the features) plus one bound for
-    the rest of its spectrum (:class:`Curvature`), so preconditioning costs ``O(N D r)``, not the
-    ``O(D^3)`` of a dense eigendecomposition. Each minibatch's gradient sum is divided by the
-    *average* batch size, so one pass is an unbiased full gradient and the fixed point is the L2
-    optimum (tested against scikit-learn), not a reweighted one.
+    unpenalised, like scikit-learn's ``LogisticRegression``), on features that
+    :func:`usjepa_fast.probe.precondition.precondition` has centred and rotated onto the eigenvectors
+    of their train covariance ``M``. There the softmax cross-entropy's Hessian bound ``M / 2 + wd``
+    (Boehning's; ``1/2`` for the bias) is diagonal, so the Newton-like step ``(M / 2 + wd)^-1 grad``
+    is an elementwise scale of the gradient (``Curvature.step_scale``): stable for *every* wd and
+    every encoder's feature scale at one learning rate (~1), at no matmul beyond the gradient's.
+    Each minibatch's gradient sum is divided by the *average* batch size, so one pass is an unbiased
+    full gradient and the fixed point is the L2 optimum (tested against scikit-learn), not a
+    reweighted one. It starts from zero (the L2 path's start).
 
 Per-head early stopping: every round (one epoch, or ``min_steps / max_epochs`` steps on tiny
 splits) each head's validation loss is computed. ``stop_rule="no_improvement"`` (the paper's): a
@@ -31,8 +29,9 @@ head stops after ``patience`` rounds without a new lowest validation loss; ``"co
 ``patience`` rounds in which its validation loss moved by less than ``converged_rtol``. ``snapshot``
 decides which weights a head keeps (``"loss"``: its lowest validation loss; ``"f1"``: its best
 validation macro F1, ties by loss; ``"last"``: where it stopped). Training ends when every head has
-stopped or the schedule is done. Probabilities below 1e-30 are set to 0: confident heads otherwise
-push them into float32's denormal range, where the matmuls touching them run ~4x slower on x86.
+stopped or the schedule is done. Logits more than 60 below their head's largest are clamped before
+the softmax: confident heads otherwise push probabilities into float32's denormal range, where the
+matmuls touching them run ~4x slower on x86.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,8 +48,12 @@ import torch.nn.functional as F
 from usjepa_fast.errors import UsfastError
 from usjepa_fast.probe.metrics import batched_macro_f1
 
-# Eigen-directions of the train covariance below this fraction of the largest are numerically null.
-NULL_DIRECTION_RTOL = 1e-6
+if TYPE_CHECKING:
+    from usjepa_fast.probe.precondition import Curvature
+
+# Logits more than this below their head's largest are clamped before exp: exp(-60) ~ 1e-26 stays far
+# from float32's denormal range (< 1.2e-38), where every matmul touching them runs ~4x slower on x86.
+LOGIT_FLOOR = -60.0
 
 
 def default_device() -> torch.device:
@@ -123,31 +127,10 @@ def init_linear(seed: int, d: int, c: int, n_copies: int = 1) -> tuple[torch.Ten
 
 
 @dataclass
-class Curvature:
-    """A low-rank + isotropic bound on the train covariance ``M`` (class-weighted), for psgd.
-
-    ``M ~= basis diag(lam) basis^T`` on the top ``r`` directions; every other direction has
-    eigenvalue <= ``lam_tail`` (``lam_tail = 0`` when ``basis`` spans all non-null directions: the L2
-    optimum has no weight outside the span of the training features, so no step goes there).
-    """
-
-    basis: torch.Tensor  # (D, r) orthonormal columns
-    lam: torch.Tensor  # (r,)
-    lam_tail: float
-
-    def step_factors(self, wd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per column wd (K,) -> (top (r, K), tail (K,)) with ``P g = tail * g + basis @ (top * (basis^T g))``
-        the inverse of Boehning's bound ``M / 2 + wd I`` (the weights' Hessian bound; the bias's is 1/2)."""
-        tail = torch.zeros_like(wd) if self.lam_tail <= 0 else 1.0 / (0.5 * self.lam_tail + wd)
-        top = 1.0 / (0.5 * self.lam[:, None] + wd[None, :]) - tail[None, :]
-        return top, tail
-
-
-@dataclass
 class Prepared:
-    """Train / validation tensors on the device, standardised (and, for ``psgd``, centred)."""
+    """Train / validation tensors on the device, standardised (and, for ``psgd``, centred and rotated)."""
 
-    xtr: torch.Tensor  # (N, D) features the heads see
+    xtr: torch.Tensor  # (N, F) features the heads see: F = D, or psgd's eigen-coordinates
     ytr: torch.Tensor  # (N,)
     xva: torch.Tensor
     yva: torch.Tensor
@@ -156,10 +139,12 @@ class Prepared:
     device: torch.device
     class_weight: torch.Tensor | None = None  # (C,) loss weight per class
     shift: torch.Tensor | None = None  # (D,) centring applied for psgd: the heads see x - shift
-    curvature: Curvature | None = None
+    curvature: Curvature | None = None  # psgd: xtr / xva are these eigen-coordinates of x - shift
 
-    def uncenter(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heads on centred features (S, D, K), (S, K) -> the same logits on standardised features."""
+    def to_features(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads on what the heads saw (S, F, K), (S, K) -> the same logits on standardised features (S, D, K)."""
+        if self.curvature is not None:
+            w = self.curvature.weights(w)
         if self.shift is None:
             return w, b
         return w, b - torch.einsum("d,sdk->sk", self.shift, w)
@@ -178,85 +163,9 @@ def prepare(x_train, y_train, x_val, y_val, num_classes: int, standardize_featur
     return Prepared(xtr, ytr, xva, yva, mean, std, dev)
 
 
-def _covariance_times(z: torch.Tensor, sw: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``M q`` for ``M = z^T diag(sw) z`` without forming M: (N, D), (N,), (D, k) -> (D, k)."""
-    return z.T @ ((z @ q) * sw[:, None])
-
-
-def curvature_bound(
-    z: torch.Tensor, sw: torch.Tensor, rank: int, oversample: int = 16, power_iters: int = 2, seed: int = 0
-) -> Curvature:
-    """Top-``rank`` eigenpairs of ``M = z^T diag(sw) z`` by randomized subspace iteration, and a bound on
-    the rest of its spectrum (the exact eigendecomposition when D <= rank + oversample).
-
-    Cost: a few passes over the features, ``O(N D (rank + oversample) (power_iters + 2))``, instead of
-    the ``O(D^3)`` dense eigendecomposition (185 ms at D = 768 on one busy core: more than the whole
-    probe may take). Ritz values under-estimate eigenvalues, so the top ones get a 10 % margin and
-    the tail bound is a power-iteration estimate on the complement with a 25 % margin; Boehning's
-    bound is itself loose by 2x or more, so the steps stay stable (tested against scikit-learn's
-    optimum, on the exact and on the low-rank path).
-    """
-    n, d = z.shape
-    k = rank + oversample
-    if d <= k:
-        cov = _covariance_times(z.double(), sw.double(), torch.eye(d, device=z.device, dtype=torch.float64))
-        lam, vec = torch.linalg.eigh(cov)
-        keep = lam > NULL_DIRECTION_RTOL * lam[-1].clamp_min(1e-30)
-        return Curvature(vec[:, keep].to(z.dtype), lam[keep].to(z.dtype), 0.0)
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(d, k, generator=gen).to(device=z.device, dtype=z.dtype)
-    for _ in range(power_iters + 1):
-        q, _ = torch.linalg.qr(_covariance_times(z, sw, q))
-    small = q.T @ _covariance_times(z, sw, q)  # (k, k) Rayleigh-Ritz
-    theta, u = torch.linalg.eigh(0.5 * (small + small.T))  # ascending
-    basis = q @ u[:, -rank:].flip(1)  # (D, rank), largest first
-    lam = theta[-rank:].flip(0).clamp_min(0) * 1.1
-    # Largest eigenvalue of M on the complement of span(basis): power iterations started from the
-    # oversampled Ritz directions (already close to it), plus a margin.
-    v = q @ u[:, : k - rank].sum(dim=1, keepdim=True)
-    tail = float(theta[k - rank - 1].clamp_min(0))
-    for _ in range(6):
-        v = v - basis @ (basis.T @ v)
-        nrm = float(v.norm())
-        if nrm == 0.0:
-            break
-        v = v / nrm
-        mv = _covariance_times(z, sw, v)
-        mv = mv - basis @ (basis.T @ mv)
-        tail = max(tail, float((v * mv).sum()))
-        v = mv
-    return Curvature(basis, lam, 1.25 * tail)
-
-
-def precondition(p: Prepared, rank: int = 64) -> Prepared:
-    """Centre ``p`` on the (class-weighted) train mean and bound its curvature (:func:`curvature_bound`).
-
-    Centring decouples the bias from the weights in the Hessian bound (its curvature bound is 1/2).
-    """
-    n = p.xtr.shape[0]
-    sw = torch.full((n,), 1.0 / n, device=p.device)
-    if p.class_weight is not None:
-        sw = p.class_weight[p.ytr]
-        sw = sw / sw.sum()
-    shift = sw @ p.xtr  # (D,)
-    z = p.xtr - shift
-    return Prepared(
-        xtr=z,
-        ytr=p.ytr,
-        xva=p.xva - shift,
-        yva=p.yva,
-        mean=p.mean,
-        std=p.std,
-        device=p.device,
-        class_weight=p.class_weight,
-        shift=shift,
-        curvature=curvature_bound(z, sw, rank),
-    )
-
-
 @dataclass
 class Trained:
-    weight: torch.Tensor  # (S, D, C*G) kept snapshot per head, class-major columns
+    weight: torch.Tensor  # (S, F, C*G) kept snapshot per head, class-major columns, on the F features seen
     bias: torch.Tensor  # (S, C*G)
     best_loss: torch.Tensor  # (S, G) validation loss at the snapshot
     best_epoch: torch.Tensor  # (S, G) round of the snapshot (1-based)
@@ -305,6 +214,8 @@ def train_heads(
         raise UsfastError("no seeds given; pass at least one seed")
     if optimizer == "psgd" and p.curvature is None:
         raise UsfastError("psgd needs preconditioned features (call precondition() first)")
+    if optimizer == "psgd" and init != "zero":
+        raise UsfastError("psgd starts from zero (the L2 path's start); use init='zero'")
     xtr, ytr, xva, yva, dev = p.xtr, p.ytr, p.xva, p.yva, p.device
     s, n, d, c, g = len(seeds), xtr.shape[0], xtr.shape[1], num_classes, len(grid)
     if init == "zero":
@@ -317,16 +228,6 @@ def train_heads(
         b = torch.cat([bi.repeat_interleave(g, dim=1) for _, bi in inits]).to(dev)  # (S, C*G)
     lr_col = torch.tensor([lr for lr, _ in grid], device=dev, dtype=torch.float32).repeat(c)  # (C*G,)
     wd_col = torch.tensor([wd for _, wd in grid], device=dev, dtype=torch.float32).repeat(c)
-    if optimizer == "psgd":
-        # Boehning's bound: curvature <= M / 2 + wd (weights), 1 / 2 (bias); see Curvature.
-        basis = p.curvature.basis  # (D, r)
-        step_top, step_tail = p.curvature.step_factors(wd_col)  # (r, C*G), (C*G,)
-        # Fold each column's learning rate in (the schedule then is one scalar per step).
-        step_top, step_tail = step_top * lr_col, step_tail * lr_col
-        step_b = 2.0 * lr_col
-    else:
-        m_w, v_w = torch.zeros_like(w), torch.zeros_like(w)
-        m_b, v_b = torch.zeros_like(b), torch.zeros_like(b)
     beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch AdamW defaults
     onehot = F.one_hot(ytr, c).float()  # (N, C)
     cw = p.class_weight
@@ -345,7 +246,24 @@ def train_heads(
     per_batch_mean = optimizer != "psgd"
     mean_bs = n / math.ceil(n / bs)
     mean_bw = None if sw_all is None else float(sw_all.sum()) / math.ceil(n / bs)
+    if optimizer == "psgd":
+        # Boehning's bound: curvature <= M / 2 + wd (weights), 1 / 2 (bias), diagonal in the eigen-
+        # coordinates the heads see (probe.precondition); each column's learning rate folded in, so
+        # the schedule is one scalar per step.
+        step_w = p.curvature.step_scale(wd_col) * lr_col  # (F, C*G)
+        step_b = 2.0 * lr_col
+        # The gradient sums over a minibatch; dividing by the average batch size (or weight, see
+        # below) is folded into the step factors, and the L2 term scaled to match.
+        grad_scale = 1.0 / (mean_bs if sw_all is None else mean_bw)
+        step_w, step_b, wd_sum = step_w * grad_scale, step_b * grad_scale, wd_col / grad_scale
+    else:
+        m_w, v_w = torch.zeros_like(w), torch.zeros_like(w)
+        m_b, v_b = torch.zeros_like(b), torch.zeros_like(b)
     total_steps = steps_per_round * max_epochs
+    # Round 1 always counts as progress (its loss is the first), so no head can stop before round
+    # 1 + patience; when that is the last round and heads keep their last weights, the rounds before
+    # it validate for nothing (the sweep's 3 rounds with patience 2: 2 of 3 validations saved).
+    skip_validation = snapshot == "last" and 1 + patience >= max_epochs
     best_loss = torch.full((s, g), float("inf"), device=dev)
     best_crit = torch.full((s, g), float("inf"), device=dev)
     lowest = torch.full((s, g), float("inf"), device=dev)  # lowest validation loss so far
@@ -367,24 +285,26 @@ def train_heads(
                 if reshuffle or xs is None:
                     order = torch.stack([torch.randperm(n, generator=gen) for gen in gens]).to(dev)  # (S, N)
                     # One gather per pass; minibatches are then contiguous views (no per-step copies).
-                    xs, ys = xtr[order], onehot[order]  # (S, N, D), (S, N, C)
+                    flat = order.reshape(-1)
+                    xs = xtr.index_select(0, flat).view(s, n, -1)  # (S, N, D)
+                    ys = onehot.index_select(0, flat).view(s, n, c).neg_()  # (S, N, C), -onehot
                     if sw_all is not None:
                         ws = sw_all[order]  # (S, N)
                 pos = 0
             xb, yb = xs[:, pos : pos + bs], ys[:, pos : pos + bs]  # (S, b, D), (S, b, C) views
             nb = xb.shape[1]
             logits = torch.baddbmm(b[:, None, :], xb, w).view(s, nb, c, g)  # (S, b, C, G)
-            # Confident heads push probabilities into float32's denormal range, where every matmul
-            # that touches them runs ~4x slower on x86; below 1e-30 they are 0 for any gradient.
-            prob = F.threshold(torch.softmax(logits, dim=2), 1e-30, 0.0)
-            if ws is None:
-                # d(mean CE)/d(logits) = (softmax - onehot) / b, per head.
-                grad = prob.sub_(yb[:, :, :, None]).div_(nb if per_batch_mean else mean_bs)
-            else:
+            # Softmax over the classes, written out (1.4x torch.softmax over dim 2 here), with confident
+            # heads' tiny probabilities floored away from the denormal range (LOGIT_FLOOR).
+            prob = logits.sub_(logits.amax(dim=2, keepdim=True)).clamp_min_(LOGIT_FLOOR).exp_()
+            # d(CE)/d(logits) = softmax - onehot, one op: ``ys`` holds -onehot.
+            grad = torch.addcdiv(yb[:, :, :, None], prob, prob.sum(dim=2, keepdim=True))  # (S, b, C, G)
+            if ws is not None:
                 # Weighted mean CE (torch's cross_entropy(weight=...)): sum_i w_i l_i / sum_i w_i.
                 wb = ws[:, pos : pos + nb]  # (S, b)
-                wb = wb / (wb.sum(dim=1, keepdim=True) if per_batch_mean else mean_bw)
-                grad = prob.sub_(yb[:, :, :, None]).mul_(wb[:, :, None, None])
+                grad.mul_((wb / wb.sum(dim=1, keepdim=True) if per_batch_mean else wb)[:, :, None, None])
+            elif per_batch_mean:
+                grad.div_(nb)  # the minibatch mean; psgd's 1 / (average batch) is in its step factors
             pos += bs
             grad = grad.view(s, nb, c * g)
             gw = torch.bmm(xb.transpose(1, 2), grad)  # (S, D, C*G)
@@ -392,9 +312,8 @@ def train_heads(
             step += 1
             cosine = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / total_steps))
             if optimizer == "psgd":
-                gw.addcmul_(w, wd_col)  # coupled L2 on the weights only
-                top = torch.matmul(basis, torch.matmul(basis.T, gw).mul_(step_top))  # (S, D, C*G)
-                w.sub_(top.addcmul_(gw, step_tail), alpha=cosine)  # w -= cosine * lr * P g
+                gw.addcmul_(w, wd_sum)  # coupled L2 on the weights only
+                w.sub_(gw.mul_(step_w), alpha=cosine)  # w -= cosine * lr * P g, P diagonal here
                 b.sub_(gb.mul_(step_b), alpha=cosine)
                 continue
             lr_t = lr_epoch if schedule == "epoch" else lr_col * cosine
@@ -405,6 +324,8 @@ def train_heads(
                 prm.mul_(1 - lr_t * wd_col)  # decoupled weight decay (AdamW)
                 prm.sub_((lr_t / bc1) * m / ((v / bc2).sqrt_().add_(eps)))
         epochs_run = epoch + 1
+        if skip_validation and epochs_run < max_epochs:
+            continue
         val_logits = (torch.matmul(xva, w) + b[:, None, :]).view(s, -1, c, g)  # (S, Nv, C, G)
         loss = val_loss(val_logits, yva, cw)  # (S, G)
         # Early stopping per head. "no_improvement" (the paper's): a head stops after `patience` rounds
