@@ -151,11 +151,17 @@ def test_pixel_targets_pool_speckle() -> None:
     assert torch.allclose(pooled[0, 0, 0], gray[0, :2, :2].mean())
 
 
-def test_ctrl_c_during_the_update_is_deferred_and_resume_is_exact(make_cfg, tmp_path, tiny_data, monkeypatch) -> None:
+def test_ctrl_c_during_the_update_is_deferred_and_resume_is_exact(
+    make_cfg, tmp_path, tiny_data, monkeypatch, request
+) -> None:
     """A SIGINT inside optimizer.step(): the update completes, the checkpoint holds the post-step
     state (weights, step and data position together), and a resume does not apply the step twice."""
     import signal
 
+    # A job a non-interactive shell starts in the background inherits SIGINT *ignored* (POSIX), and the
+    # trainer rightly leaves an ignored signal ignored; this test is about Python's default handler.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous_handler))
     train, val = tiny_data
     common = ("objective.kind=pixel", "optim.steps=6", "model.drop_path_rate=0.1", "mask.usrc=true", "run.val_every=3")
     run(make_cfg(tmp_path / "full", *common), train_dataset=train, val_dataset=val)
