@@ -8,7 +8,10 @@ load hits both alike); the ratio is the median of within-round ratios. ``usjepa_
 decides what ``run.precision=auto`` does; this benchmark is the evidence for that rule on the
 machine it runs on. Last line: JSON.
 
-    python benchmarks/train_precision.py [--threads 1] [--steps 4] [--rounds 3]
+    python benchmarks/train_precision.py [--threads 1] [--steps 4] [--rounds 3] [--set KEY=VALUE ...]
+
+``--set`` overrides keys of the recipe (e.g. a ViT-S-wide student: ``--set model.embed_dim=384
+--set model.num_heads=6``), for the width dependence of the rule.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed steps per precision per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override KEY=VALUE")
     args = ap.parse_args()
 
     import numpy as np
@@ -73,6 +77,7 @@ def main() -> None:
                 "run.ckpt_every=1000000",
                 "run.val_every=1000000",
                 "run.log_every=1000000",
+                *args.overrides,
             ],
         )
         t = Trainer(cfg)
@@ -99,6 +104,7 @@ def main() -> None:
     )
     result = {
         "recipe": args.recipe,
+        "overrides": args.overrides,
         "cpu_isa": caps.isa,
         "cpu_flags": caps.flags_line(),
         "threads": args.threads,

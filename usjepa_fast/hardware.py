@@ -266,12 +266,12 @@ def bf16_native(device: Any) -> bool:
 def bf16_training_pays(device: Any) -> tuple[bool, str]:
     """Whether bf16 autocast speeds up a *training* step on ``device``, and why (``run.precision=auto``).
 
-    CUDA: Ampere+ (bf16 tensor cores). CPU: AMX-BF16 only. On an AVX512-BF16 CPU (no AMX) a SALT step
-    under bf16 autocast measured slower than fp32 at every size tried (tiny recipe 0.75x, ViT-Ti
-    student + teacher 0.85x, ViT-S 0.77x; teacher-only bf16 0.88-0.98x; benchmarks/train_precision.py):
-    autocast re-casts every frozen or trainable weight each step and the backward matmuls gain little,
-    while inference (weights cast once per batch of 32) gains 1.5-2.3x. AMX tiles do 16x the bf16 work
-    per instruction; that gain is not measured here (no AMX machine) - re-run the benchmark on one.
+    CUDA: Ampere+ (bf16 tensor cores). CPU: never. On an AVX512-BF16 CPU (no AMX) a SALT step under
+    bf16 autocast measured slower than fp32 at every size tried (tiny recipe 0.75x, ViT-Ti student +
+    teacher 0.85x, ViT-S 0.77x; teacher-only bf16 0.88-0.98x), and on an AMX-BF16 CPU too (student
+    width 96: 0.66-0.68x; 384: 0.78-0.91x; 768: 0.85-0.95x over two sessions; benchmarks/
+    train_precision.py, train_precision_cpu_amx.txt): autocast re-casts every frozen or trainable weight each step and
+    the backward pass gains little, while inference (weights cast once per batch) gains 1.5-3x.
     """
     import torch
 
@@ -281,9 +281,8 @@ def bf16_training_pays(device: Any) -> tuple[bool, str]:
         return ok, "bf16 tensor cores" if ok else "no bf16 tensor cores (pre-Ampere)"
     if dev.type == "cpu":
         caps = cpu_caps()
-        if caps.amx_bf16:
-            return True, "AMX-BF16 tiles"
-        if caps.avx512_bf16:
-            return False, "AVX512-BF16 without AMX: bf16 training steps measured slower than fp32"
+        if caps.bf16_native:
+            unit = "AMX-BF16" if caps.amx_bf16 else "AVX512-BF16"
+            return False, f"{unit}: bf16 autocast training steps measured slower than fp32"
         return False, f"{caps.isa}: bf16 would be emulated"
     return False, f"{dev.type}: no bf16 rule"

@@ -126,9 +126,9 @@ class RunConfig:
     seed: int = 0  # model init, data order, masks and augmentation all derive from it
     device: str = "auto"  # auto = cuda:LOCAL_RANK when available, else cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast of student, predictor (and teacher,
-    #   see teacher.bf16); auto = bf16 where it speeds up a training step (Ampere+ GPUs, CPUs with AMX-BF16;
-    #   usjepa_fast.hardware.bf16_training_pays), fp32 elsewhere. fp16 needs loss scaling and int8 is
-    #   inference-only, so neither trains here
+    #   see teacher.bf16); auto = bf16 where it speeds up a training step (Ampere+ GPUs;
+    #   usjepa_fast.hardware.bf16_training_pays), fp32 elsewhere (measured slower on AVX512-BF16 and
+    #   AMX CPUs). fp16 needs loss scaling and int8 is inference-only, so neither trains here
     compile: bool = True  # torch.compile the student+predictor step (off for tiny CPU runs)
     kernels: Literal["auto", "triton", "torch"] = "auto"  # attention / loss kernel backend
     log_every: int = 10  # metrics.jsonl / progress-bar cadence in optimizer steps
