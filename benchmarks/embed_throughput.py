@@ -203,7 +203,8 @@ def probe_scores(backends: dict, root: Path, seeds: tuple[int, ...]) -> dict[str
     out: dict[str, dict] = {}
     feats: dict[str, dict] = {}
     for key, b in backends.items():
-        feats[key] = {split: embed_split(b, root, split) for split in ("train", "validation", "test")}
+        splits = {split: embed_split(b, root, split) for split in ("train", "validation", "test")}
+        feats[key] = {split: (e.x, e.y) for split, e in splits.items()}  # SplitEmbedding -> (X, y)
     ref = feats["torch:fp32"]
     n_classes = int(max(int(ref[s][1].max()) for s in ref) + 1)
     for key, f in feats.items():
