@@ -269,9 +269,9 @@ def bf16_training_pays(device: Any) -> tuple[bool, str]:
     CUDA: Ampere+ (bf16 tensor cores). CPU: never. On an AVX512-BF16 CPU (no AMX) a SALT step under
     bf16 autocast measured slower than fp32 at every size tried (tiny recipe 0.75x, ViT-Ti student +
     teacher 0.85x, ViT-S 0.77x; teacher-only bf16 0.88-0.98x), and on an AMX-BF16 CPU too (student
-    width 96: 0.66-0.68x; 384: 0.78-0.91x; 768: 0.85-0.95x over two sessions; benchmarks/
-    train_precision.py, train_precision_cpu_amx.txt): autocast re-casts every frozen or trainable weight each step and
-    the backward pass gains little, while inference (weights cast once per batch) gains 1.5-3x.
+    width 96: 0.66x; 384: 0.78-0.87x; 768: 0.85x; benchmarks/train_precision.py,
+    train_precision_cpu_amx.txt): autocast re-casts every frozen or trainable weight each step and the
+    backward pass gains little, while inference (weights cast once per batch) gains 1.5-3x.
     """
     import torch
 

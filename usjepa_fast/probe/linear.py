@@ -35,7 +35,7 @@ points over seeds. Causes, largest first: (1) frozen-encoder features are badly 
 top eigenvalue of the standardised train covariance is 47-215 out of a trace of D -- so SGD at
 those learning rates oscillated along the top directions and stopped wherever its 30 steps ended:
 the seeds landed on different heads.
-Preconditioning by Boehning's Hessian bound (``linear_engine``) gives one learning rate that
+Preconditioning by Boehning's Hessian bound (``probe.precondition``) gives one learning rate that
 converges for every C and every encoder; (2) 30 unpreconditioned steps were too few for the weakly
 regularised heads; (3) a single best configuration picked on ~50 validation images is a coin toss between
 neighbouring C values (one image is more than a point of macro F1): averaging the top 3 beat the
